@@ -1,0 +1,188 @@
+"""The ``nudge`` command: ``worker``, ``dev``, ``demo``, ``simulate``, ``replay``, ``bench``.
+
+Each subcommand has ``--help``. Settings come from the environment (see README); ``dev`` and ``demo`` start the
+embedded stack and need none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+DEFAULT_REES46 = Path(__file__).resolve().parent.parent.parent / "shared/data/rees46-2019-oct-head/2019-Oct.csv"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nudge", description="Nudge: real-time personalization engine.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    worker = commands.add_parser("worker", help="run a stream worker (settings from the environment)")
+    worker.set_defaults(run=_worker)
+
+    dev = commands.add_parser(
+        "dev", help="start the embedded broker, Redis and a worker; print one JSON ready line; run until Ctrl-C"
+    )
+    dev.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    dev.set_defaults(run=_dev)
+
+    demo = commands.add_parser("demo", help="`nudge dev` plus simulated shoppers and a live summary")
+    demo.add_argument("--rate", type=float, default=400, help="simulated events per second (default 400)")
+    demo.add_argument("--users", type=int, default=2000, help="simulated shoppers (default 2000)")
+    demo.add_argument("--bad-share", type=float, default=0.01, help="share of malformed events (default 0.01)")
+    demo.set_defaults(run=_demo)
+
+    simulate = commands.add_parser("simulate", help="produce realistic simulated shoppers")
+    _target_arguments(simulate)
+    simulate.add_argument("--users", type=int, default=1000, help="number of shoppers (default 1000)")
+    simulate.add_argument("--events", type=int, default=10_000, help="number of events (default 10000)")
+    simulate.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    simulate.add_argument("--bad-share", type=float, default=0.0, help="share of malformed events (default 0)")
+    simulate.set_defaults(run=_simulate)
+
+    replay = commands.add_parser("replay", help="stream the REES46 sample into the collector")
+    _target_arguments(replay)
+    replay.add_argument("--file", type=Path, default=DEFAULT_REES46, help="REES46 CSV (default: ../shared/data)")
+    replay.add_argument(
+        "--speed", type=float, default=0, help="times real time, e.g. 60 = an hour a minute (default 0: max)"
+    )
+    replay.add_argument("--limit", type=int, default=None, help="stop after this many events")
+    replay.set_defaults(run=_replay)
+
+    bench = commands.add_parser("bench", help="measure throughput against a plain Faust baseline")
+    bench.add_argument("--events", type=int, default=100_000, help="events per run (default 100000)")
+    bench.add_argument("--users", type=int, default=20_000, help="distinct users (default 20000)")
+    bench.add_argument("--runs", type=int, default=3, help="runs of each side; medians reported (default 3)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    bench.set_defaults(run=_bench)
+    return parser
+
+
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--http", help="collector base URL, e.g. http://127.0.0.1:6066")
+    parser.add_argument("--write-key", default=os.environ.get("NUDGE_WRITE_KEY"), help="collector write key")
+    parser.add_argument("--kafka", help="bootstrap servers: produce straight to the topic instead")
+    parser.add_argument("--topic", default="nudge.events", help="topic for --kafka (default nudge.events)")
+    parser.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from app.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as error:
+        print(f"nudge worker: {error}", file=sys.stderr)
+        return 2
+    from app.main import app
+
+    sys.argv = ["nudge", "-L", "uvloop", "worker", "-l", settings.log_level]
+    app.main()
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from app.devstack import DevStack
+
+    async def run() -> None:
+        async with DevStack(workers=args.workers) as stack:
+            print(orjson.dumps(stack.ready_line()).decode(), flush=True)
+            await _until_signalled()
+
+    asyncio.run(run())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from app import demo
+
+    asyncio.run(demo.run(rate=args.rate, users=args.users, bad_share=args.bad_share))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from app.simulate import simulate_events
+
+    events = simulate_events(users=args.users, events=args.events, seed=args.seed, bad_share=args.bad_share)
+    return _send(args, events, total=args.events, label="simulate")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from app.replay import rees46_events
+    from app.sending import paced
+
+    if not args.file.exists():
+        print(f"nudge replay: {args.file} does not exist (pass --file)", file=sys.stderr)
+        return 2
+    events: Any = rees46_events(args.file)
+    if args.limit is not None:
+        events = (e for i, e in enumerate(events) if i < args.limit)
+    if args.speed > 0:
+        args.rate = 0
+        events = paced(events, speed=args.speed)
+    return _send(args, events, total=args.limit, label="replay")
+
+
+def _send(args: argparse.Namespace, events: Any, *, total: int | None, label: str) -> int:
+    from app.sending import Progress, send_http, send_kafka
+
+    progress = Progress(label, total=total)
+    if args.kafka:
+        asyncio.run(send_kafka(events, bootstrap=args.kafka, topic=args.topic, rate=args.rate, progress=progress))
+    elif args.http and args.write_key:
+        asyncio.run(
+            send_http(events, url=args.http, write_key=args.write_key, rate=args.rate, progress=progress)
+        )
+    else:
+        print(f"nudge {label}: pass --http URL --write-key KEY, or --kafka BOOTSTRAP", file=sys.stderr)
+        return 2
+    progress.finish()
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from app import bench
+
+    result = asyncio.run(bench.run(events=args.events, users=args.users, runs=args.runs))
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

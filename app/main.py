@@ -1,0 +1,63 @@
+"""The one Faust app. ``nudge worker`` (Procfile: ``worker``) runs it.
+
+Settings are read from the environment here, once; every module below imports ``app`` and ``settings`` from this
+module. The imports at the bottom register the topics, tables, agents and web views with the app.
+"""
+
+from __future__ import annotations
+
+import os
+
+import faust
+
+from app import codecs
+from app.settings import Settings
+
+settings = Settings.from_env(os.environ)
+codecs.register()
+
+if settings.embedded_broker and settings.broker_url:
+    from app import tansu_compat
+
+    tansu_compat.install(settings.broker_url.removeprefix("kafka://"))
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.broker_url,
+    store=settings.store,
+    datadir=settings.data_dir,
+    autodiscover=False,
+    topic_partitions=settings.partitions,
+    topic_allow_declare=True,
+    web_enabled=True,
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    canonical_url=settings.web_url,
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=1.0,
+    broker_commit_interval=1.0,
+    producer_linger_ms=settings.producer_linger_ms,
+    producer_max_batch_size=512 * 1024,
+    producer_max_request_size=4 * 1024 * 1024,
+    consumer_max_fetch_size=8 * 1024 * 1024,
+    stream_buffer_maxsize=1024,
+)
+
+events_topic = app.topic(
+    settings.events_topic,
+    partitions=settings.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+dlq_topic = app.topic(
+    settings.dlq_topic,
+    partitions=settings.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+
+# Registration: each module declares one thing on ``app``.
+from agents import ingest  # noqa: E402, F401
+from app import api, collector  # noqa: E402, F401
+from tables import profiles  # noqa: E402, F401

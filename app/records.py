@@ -1,0 +1,64 @@
+"""What the ingest agent does with one ``nudge.events`` record, as a pure function.
+
+:func:`split_record` validates every event in the record and sorts it into one of three piles: events to fold
+here (grouped by user, in record order), events whose user lives on another partition (another system keyed the
+record differently: they are forwarded, keyed by user id), and rejects for the dead-letter topic with a reason
+and the original bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from app.events import Event, InvalidEvent, decode_record, to_event
+from app.partitioning import partition_for
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A record or event refused by ingest: ``original`` is the bytes to keep in the dead-letter topic."""
+
+    reason: str
+    original: bytes
+
+
+@dataclass(slots=True)
+class RecordPlan:
+    by_user: dict[str, list[Event]] = field(default_factory=dict)
+    misrouted: list[tuple[str, bytes]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return sum(map(len, self.by_user.values()))
+
+
+def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms: int) -> RecordPlan:
+    """Validate the events in ``value`` (read from ``partition``) and sort them; never raises on bad input."""
+    plan = RecordPlan()
+    try:
+        items = decode_record(value)
+    except InvalidEvent as error:
+        plan.rejects.append(Reject(str(error), value or b""))
+        return plan
+    single = len(items) == 1 and value is not None
+    for item in items:
+        try:
+            event = to_event(item, now_ms=now_ms)
+        except InvalidEvent as error:
+            plan.rejects.append(Reject(str(error), value if single else _encode(item)))  # type: ignore[arg-type]
+            continue
+        if partition_for(event.user_id, partitions) != partition:
+            plan.misrouted.append((event.user_id, _encode(item)))
+            continue
+        plan.by_user.setdefault(event.user_id, []).append(event)
+    return plan
+
+
+def _encode(item: object) -> bytes:
+    try:
+        return orjson.dumps(item)
+    except TypeError:  # pragma: no cover - decoded JSON always re-encodes
+        return repr(item).encode()

@@ -1,0 +1,175 @@
+"""Send events into Nudge the way real producers do: over the collector's HTTP API, or straight to the topic.
+
+Used by ``nudge simulate``, ``nudge replay``, the demo and the benchmarks. Both senders pace themselves to a rate
+(0 = as fast as possible) and report progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, TextIO
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaProducer
+
+
+@dataclass
+class Progress:
+    """Prints ``label: done/total (rate/s)`` to stderr at most once a second, and a final line."""
+
+    label: str
+    total: int | None = None
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    done: int = 0
+    rejected: int = 0
+    _started: float = field(default_factory=time.monotonic)
+    _printed: float = 0.0
+
+    def add(self, count: int, rejected: int = 0) -> None:
+        self.done += count
+        self.rejected += rejected
+        now = time.monotonic()
+        if now - self._printed >= 1.0:
+            self._printed = now
+            self._print()
+
+    def finish(self) -> None:
+        self._print()
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.monotonic() - self._started, 1e-9)
+
+    def _print(self) -> None:
+        total = f"/{self.total:,}" if self.total else ""
+        extra = f", {self.rejected:,} rejected" if self.rejected else ""
+        print(f"{self.label}: {self.done:,}{total} ({self.rate:,.0f}/s{extra})", file=self.stream, flush=True)
+
+
+class Pacer:
+    """Sleeps so that ``count`` items take at least ``count / rate`` seconds (``rate`` 0: never sleeps)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._start = time.monotonic()
+        self._count = 0
+
+    async def advance(self, count: int) -> None:
+        self._count += count
+        if self.rate > 0:
+            delay = self._start + self._count / self.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
+def paced(events: Iterable[dict[str, Any]], *, speed: float) -> Iterator[dict[str, Any]]:
+    """Yield events as they happened in event time, ``speed`` times faster (blocking: for CLI replays)."""
+    from app.events import parse_timestamp
+
+    origin: tuple[int, float] | None = None
+    for event in events:
+        stamp = parse_timestamp(event["timestamp"], field="timestamp")
+        if origin is None:
+            origin = (stamp, time.monotonic())
+        delay = origin[1] + (stamp - origin[0]) / 1000 / speed - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        yield event
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+async def send_http(
+    events: Iterable[dict[str, Any] | bytes],
+    *,
+    url: str,
+    write_key: str,
+    rate: float = 0,
+    batch_size: int = 100,
+    progress: Progress | None = None,
+    concurrency: int = 4,
+) -> tuple[int, int]:
+    """POST events to the collector in ``/v1/batch`` requests; malformed ``bytes`` items go alone to ``/v1/track``.
+
+    Returns ``(accepted, rejected)`` as the collector reported them.
+    """
+    auth = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    pacer = Pacer(rate)
+    accepted = rejected = 0
+    slots = asyncio.Semaphore(concurrency)
+
+    async def post(session: aiohttp.ClientSession, path: str, body: bytes, count: int) -> None:
+        nonlocal accepted, rejected
+        async with slots, session.post(url + path, data=body, headers=headers) as response:
+            reply = await response.json(content_type=None)
+            if response.status == 200:
+                bad = len(reply.get("rejected", ()))
+            elif response.status == 400:
+                bad = len(reply.get("rejected", ())) or count
+            else:
+                raise RuntimeError(f"collector answered {response.status}: {reply}")
+            accepted += count - bad
+            rejected += bad
+            if progress:
+                progress.add(count, bad)
+
+    async with aiohttp.ClientSession() as session:
+        tasks: set[asyncio.Task[None]] = set()
+        for chunk in chunks(events, batch_size):
+            good = [e for e in chunk if isinstance(e, dict)]
+            for raw in (e for e in chunk if isinstance(e, bytes)):
+                tasks.add(asyncio.create_task(post(session, "/v1/track", raw, 1)))
+            if good:
+                tasks.add(asyncio.create_task(post(session, "/v1/batch", orjson.dumps({"batch": good}), len(good))))
+            if len(tasks) >= concurrency * 2:
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # re-raise a failed request
+            await pacer.advance(len(chunk))
+        if tasks:
+            await asyncio.gather(*tasks)
+    return accepted, rejected
+
+
+async def send_kafka(
+    events: Iterable[dict[str, Any] | bytes],
+    *,
+    bootstrap: str,
+    topic: str,
+    rate: float = 0,
+    progress: Progress | None = None,
+) -> int:
+    """Produce one record per event keyed by user id, as another system's producer would. Returns the count."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=256 * 1024)
+    await producer.start()
+    pacer = Pacer(rate)
+    sent = 0
+    try:
+        for chunk in chunks(events, 500):
+            for item in chunk:
+                if isinstance(item, bytes):
+                    await producer.send(topic, item)
+                    continue
+                user = item.get("userId") or item.get("anonymousId")
+                key = user.encode() if isinstance(user, str) else None
+                await producer.send(topic, orjson.dumps(item), key=key)
+            sent += len(chunk)
+            if progress:
+                progress.add(len(chunk))
+            await pacer.advance(len(chunk))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent

@@ -1,0 +1,132 @@
+"""One frozen settings object, read from the environment once at the entry point.
+
+Everything below ``app/`` receives a :class:`Settings`; nothing else reads ``os.environ``.
+Every variable is listed in the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """An environment variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Configuration of a worker, the collector and the command line tools."""
+
+    # Broker: ``None`` means "start the embedded development stack".
+    broker_url: str | None = None
+    #: True when the broker is the embedded Tansu: turns on ``app.tansu_compat``.
+    embedded_broker: bool = False
+    redis_url: str | None = None
+    store: str = "memory://"
+    data_dir: str = "var/nudge"
+    app_id: str = "nudge"
+    partitions: int = 8
+    events_topic: str = "nudge.events"
+    dlq_topic: str = "nudge.events.dlq"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    #: Segment write keys accepted by the collector (HTTP Basic user).
+    write_keys: frozenset[str] = frozenset()
+    #: Keys for the read API (``Authorization: Bearer <key>``).
+    api_keys: frozenset[str] = frozenset()
+    session_timeout_s: float = 10.0
+    producer_linger_ms: int = 10
+    collector_linger_ms: int = 5
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read every ``KAFKA_*``, ``REDIS_URL`` and ``NUDGE_*`` variable; raise on a malformed one."""
+        defaults = cls()
+        broker = env.get("KAFKA_BROKER_URL") or None
+        values = {
+            "broker_url": broker,
+            "embedded_broker": _flag(env, "NUDGE_EMBEDDED_BROKER", defaults.embedded_broker),
+            "redis_url": env.get("REDIS_URL") or None,
+            "store": env.get("NUDGE_STORE", defaults.store),
+            "data_dir": env.get("NUDGE_DATA_DIR", defaults.data_dir),
+            "app_id": env.get("NUDGE_APP_ID", defaults.app_id),
+            "partitions": _int(env, "NUDGE_PARTITIONS", defaults.partitions, low=1, high=1024),
+            "events_topic": env.get("NUDGE_EVENTS_TOPIC", defaults.events_topic),
+            "dlq_topic": env.get("NUDGE_DLQ_TOPIC", defaults.dlq_topic),
+            "web_host": env.get("NUDGE_WEB_HOST", defaults.web_host),
+            "web_port": _int(env, "NUDGE_WEB_PORT", defaults.web_port, low=1, high=65535),
+            "write_keys": _keys(env, "NUDGE_WRITE_KEYS"),
+            "api_keys": _keys(env, "NUDGE_API_KEYS"),
+            "session_timeout_s": _float(env, "NUDGE_SESSION_TIMEOUT_S", defaults.session_timeout_s),
+            "producer_linger_ms": _int(env, "NUDGE_PRODUCER_LINGER_MS", defaults.producer_linger_ms, 0, 1000),
+            "collector_linger_ms": _int(
+                env, "NUDGE_COLLECTOR_LINGER_MS", defaults.collector_linger_ms, 0, 1000
+            ),
+            "log_level": env.get("NUDGE_LOG_LEVEL", defaults.log_level),
+        }
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings a worker must not run with (secure by default: no keys, no service)."""
+        if not self.write_keys:
+            raise SettingsError("NUDGE_WRITE_KEYS is empty: set at least one collector write key")
+        if not self.api_keys:
+            raise SettingsError("NUDGE_API_KEYS is empty: set at least one read API key")
+        if self.broker_url is None:
+            raise SettingsError("KAFKA_BROKER_URL is not set (use `nudge dev` for the embedded stack)")
+        if not self.store.startswith(("memory://", "rocksdb://")):
+            raise SettingsError(f"NUDGE_STORE={self.store!r}: expected memory:// or rocksdb://")
+
+    def replace(self, **changes: object) -> Settings:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value}: expected {low}..{high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={value}: expected a positive number")
+    return value
+
+
+def _keys(env: Mapping[str, str], name: str) -> frozenset[str]:
+    return frozenset(k.strip() for k in env.get(name, "").split(",") if k.strip())

@@ -1,0 +1,36 @@
+"""Counters a worker keeps about what it did, served at ``GET /v1/stats`` and shown by ``make demo``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class IngestStats:
+    records: int = 0
+    events: int = 0
+    folded: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    forwarded: int = 0
+    first_event_at: float | None = None
+    last_event_at: float | None = None
+
+    def add(self, *, events: int, folded: int, rejected: int, forwarded: int) -> None:
+        now = time.time()
+        if self.first_event_at is None:
+            self.first_event_at = now
+        self.last_event_at = now
+        self.records += 1
+        self.events += events
+        self.folded += folded
+        self.duplicates += events - folded - rejected - forwarded
+        self.rejected += rejected
+        self.forwarded += forwarded
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+ingest_stats = IngestStats()

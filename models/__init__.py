@@ -1,0 +1,1 @@
+"""Learned and declared decision models (intent, segments, triggers) -- arrives with issues 3 and 4."""

@@ -1,0 +1,283 @@
+"""A user's live profile and the pure fold that builds it, one event at a time.
+
+``fold(profile, event)`` returns a new :class:`Profile`; it never mutates its input, reads no clock and does no
+I/O, so a replay of the same events gives the same profile. :func:`apply_record` adds the idempotency guard the
+stream needs: a record whose source offset was already applied, or an event whose ``messageId`` was seen recently,
+changes nothing.
+
+Memory per profile is bounded whatever the user does: every collection below has a ``MAX_*`` cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from app.events import Event
+
+SESSION_GAP_MS = 30 * 60 * 1000
+AFFINITY_HALF_LIFE_MS = 7 * 24 * 3600 * 1000
+MAX_EVENT_NAMES = 64
+MAX_CART_ITEMS = 50
+MAX_CATEGORIES = 32
+MAX_RECENT_ITEMS = 20
+MAX_SEEN_IDS = 64
+OTHER = "(other)"
+
+#: How much each kind of interaction adds to the affinity of the product's category.
+AFFINITY_WEIGHTS = {"Product Viewed": 1.0, "Product Added": 3.0, "Order Completed": 5.0}
+
+
+@dataclass(frozen=True, slots=True)
+class CartItem:
+    product_id: str
+    quantity: int
+    price: float
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """The user's current session: an explicit session id, else a run of events less than 30 minutes apart."""
+
+    id: str
+    started_ms: int
+    last_ms: int
+    events: int = 0
+    category_views: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Everything Nudge knows about one user. Treat every mapping as read-only: fold builds new ones."""
+
+    user_id: str
+    first_seen_ms: int = 0
+    last_seen_ms: int = 0
+    event_counts: Mapping[str, int] = field(default_factory=dict)
+    sessions: int = 0
+    session: Session | None = None
+    cart: Mapping[str, CartItem] = field(default_factory=dict)
+    cart_changed_ms: int | None = None
+    orders: int = 0
+    revenue: float = 0.0
+    last_order_ms: int | None = None
+    affinity: Mapping[str, float] = field(default_factory=dict)
+    affinity_as_of_ms: int = 0
+    recent_items: tuple[str, ...] = ()
+    #: Idempotency: the source partition and offset last applied, and hashes of recent messageIds.
+    source_partition: int = -1
+    source_offset: int = -1
+    seen_ids: tuple[int, ...] = ()
+
+    @property
+    def cart_value(self) -> float:
+        return round(sum(item.quantity * item.price for item in self.cart.values()), 2)
+
+    @property
+    def cart_quantity(self) -> int:
+        return sum(item.quantity for item in self.cart.values())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Profile:
+        """Rebuild a profile from its JSON form (the changelog value)."""
+        session = data.get("session")
+        return cls(
+            **{
+                **data,
+                "session": Session(**session) if session else None,
+                "cart": {pid: CartItem(**item) for pid, item in data.get("cart", {}).items()},
+                "recent_items": tuple(data.get("recent_items", ())),
+                "seen_ids": tuple(data.get("seen_ids", ())),
+            }
+        )
+
+
+def apply_record(
+    profile: Profile | None, user_id: str, events: list[Event], *, partition: int, offset: int
+) -> Profile | None:
+    """Fold the ``events`` of one user carried by the record at ``partition``/``offset``, once.
+
+    Returns the new profile, or ``None`` when nothing changed: the record was applied before (a redelivery after a
+    crash) or every event repeats a recently seen ``messageId`` (a client retry).
+    """
+    if profile is None:
+        profile = Profile(user_id=user_id)
+    elif partition == profile.source_partition and offset <= profile.source_offset:
+        return None
+    seen = list(profile.seen_ids)
+    folded = profile
+    for event in events:
+        id_hash = message_hash(event.message_id)
+        if id_hash not in seen:
+            seen.append(id_hash)
+            folded = fold(folded, event)
+    if folded is profile:
+        return None
+    return replace(
+        folded, source_partition=partition, source_offset=offset, seen_ids=tuple(seen[-MAX_SEEN_IDS:])
+    )
+
+
+def fold(profile: Profile, event: Event) -> Profile:
+    """Return ``profile`` with ``event`` applied (no idempotency guard: see :func:`apply_record`)."""
+    ts = event.timestamp_ms
+    name = event.name
+    props = event.properties
+    changes: dict[str, Any] = {
+        "first_seen_ms": min(profile.first_seen_ms, ts) if profile.first_seen_ms else ts,
+        "last_seen_ms": max(profile.last_seen_ms, ts),
+        "event_counts": _count(profile.event_counts, name),
+    }
+    session, is_new = _next_session(profile.session, event)
+    category = _category(props)
+    if name == "Product Viewed" and category is not None:
+        session = replace(session, category_views=_count(session.category_views, category, MAX_CATEGORIES))
+    changes["session"] = session
+    if is_new:
+        changes["sessions"] = profile.sessions + 1
+
+    if name == "Product Viewed":
+        product_id = _product_id(props)
+        if product_id is not None:
+            recent = (product_id, *(p for p in profile.recent_items if p != product_id))
+            changes["recent_items"] = recent[:MAX_RECENT_ITEMS]
+    elif name == "Product Added":
+        changes.update(_cart_change(profile, props, ts, +1))
+    elif name == "Product Removed":
+        changes.update(_cart_change(profile, props, ts, -1))
+    elif name == "Order Completed":
+        changes.update(_order(profile, props, ts))
+
+    weight = AFFINITY_WEIGHTS.get(name)
+    if weight is not None:
+        categories = _order_categories(props) if name == "Order Completed" else [category]
+        changes.update(_affinity(profile, [c for c in categories if c], weight, ts))
+    return replace(profile, **changes)
+
+
+def message_hash(message_id: str) -> int:
+    """A stable 63-bit hash of a messageId (Python's ``hash`` is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(message_id.encode(), digest_size=8).digest()) >> 1
+
+
+def decayed_affinity(profile: Profile, now_ms: int) -> dict[str, float]:
+    """Category affinity decayed to ``now_ms`` (half-life one week), highest first."""
+    factor = _decay(max(0, now_ms - profile.affinity_as_of_ms))
+    ranked = sorted(profile.affinity.items(), key=lambda kv: -kv[1])
+    return {category: round(score * factor, 4) for category, score in ranked}
+
+
+def _next_session(session: Session | None, event: Event) -> tuple[Session, bool]:
+    ts = event.timestamp_ms
+    explicit = event.session_id
+    if session is not None:
+        same = explicit == session.id if explicit else ts - session.last_ms <= SESSION_GAP_MS
+        if same:
+            return replace(session, last_ms=max(session.last_ms, ts), events=session.events + 1), False
+    session_id = explicit or f"{event.user_id}:{ts}"
+    return Session(id=session_id, started_ms=ts, last_ms=ts, events=1), True
+
+
+def _cart_change(profile: Profile, props: Mapping[str, Any], ts: int, sign: int) -> dict[str, Any]:
+    product_id = _product_id(props)
+    if product_id is None:
+        return {}
+    quantity = _positive_int(props.get("quantity"), default=1)
+    cart = dict(profile.cart)
+    current = cart.get(product_id)
+    if sign > 0:
+        price = _number(props.get("price"), default=current.price if current else 0.0)
+        held = current.quantity if current else 0
+        if current is None and len(cart) >= MAX_CART_ITEMS:
+            return {}
+        cart[product_id] = CartItem(product_id, held + quantity, price, _category(props))
+    elif current is not None:
+        remaining = current.quantity - quantity
+        if remaining > 0:
+            cart[product_id] = replace(current, quantity=remaining)
+        else:
+            del cart[product_id]
+    else:
+        return {}
+    return {"cart": cart, "cart_changed_ms": ts}
+
+
+def _order(profile: Profile, props: Mapping[str, Any], ts: int) -> dict[str, Any]:
+    revenue = _number(props.get("revenue", props.get("total")), default=math.nan)
+    if math.isnan(revenue):
+        revenue = sum(
+            _number(p.get("price"), 0.0) * _positive_int(p.get("quantity"), 1)
+            for p in _products(props)
+        )
+    return {
+        "orders": profile.orders + 1,
+        "revenue": round(profile.revenue + max(revenue, 0.0), 2),
+        "last_order_ms": max(profile.last_order_ms or ts, ts),
+        "cart": {},
+        "cart_changed_ms": ts,
+    }
+
+
+def _affinity(profile: Profile, categories: list[str], weight: float, ts: int) -> dict[str, Any]:
+    if not categories:
+        return {}
+    as_of = max(profile.affinity_as_of_ms, ts)
+    factor = _decay(as_of - profile.affinity_as_of_ms) if profile.affinity_as_of_ms else 1.0
+    scores = {c: s * factor for c, s in profile.affinity.items()}
+    boost = weight * _decay(as_of - ts)
+    for category in categories:
+        scores[category] = scores.get(category, 0.0) + boost
+    if len(scores) > MAX_CATEGORIES:
+        scores = dict(sorted(scores.items(), key=lambda kv: -kv[1])[:MAX_CATEGORIES])
+    return {"affinity": scores, "affinity_as_of_ms": as_of}
+
+
+def _decay(elapsed_ms: int) -> float:
+    return 0.5 ** (elapsed_ms / AFFINITY_HALF_LIFE_MS)
+
+
+def _count(counts: Mapping[str, int], key: str, limit: int = MAX_EVENT_NAMES) -> dict[str, int]:
+    if key not in counts and len(counts) >= limit - 1:
+        key = OTHER
+    updated = dict(counts)
+    updated[key] = updated.get(key, 0) + 1
+    return updated
+
+
+def _products(props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    products = props.get("products")
+    if not isinstance(products, list):
+        return []
+    return [p for p in products[:MAX_CART_ITEMS] if isinstance(p, dict)]
+
+
+def _order_categories(props: Mapping[str, Any]) -> list[str]:
+    return list(dict.fromkeys(c for c in map(_category, _products(props)) if c))
+
+
+def _product_id(props: Mapping[str, Any]) -> str | None:
+    value = props.get("product_id", props.get("sku"))
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+        return str(value)[:128]
+    return None
+
+
+def _category(props: Mapping[str, Any]) -> str | None:
+    value = props.get("category")
+    return value[:128] if isinstance(value, str) and value else None
+
+
+def _number(value: object, default: float) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default
+
+
+def _positive_int(value: object, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 10_000:
+        return value
+    return default

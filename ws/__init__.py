@@ -1,0 +1,1 @@
+"""The websocket gateway and browser SDK -- arrives with issue 4."""
