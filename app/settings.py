@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
+
+
 class SettingsError(ValueError):
     """An environment variable is missing or malformed; the message names it."""
 
@@ -79,6 +82,8 @@ class Settings:
             raise SettingsError("NUDGE_API_KEYS is empty: set at least one read API key")
         if self.broker_url is None:
             raise SettingsError("KAFKA_BROKER_URL is not set (use `nudge dev` for the embedded stack)")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"NUDGE_LOG_LEVEL={self.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
         if not self.store.startswith(("memory://", "rocksdb://")):
             raise SettingsError(f"NUDGE_STORE={self.store!r}: expected memory:// or rocksdb://")
 

@@ -1,0 +1,162 @@
+"""``nudge bench``: events/s through ingest and the profile fold, against a plain Faust baseline, in one run.
+
+Each run starts a fresh embedded broker, fills the events topic with the same simulated events, then starts one
+worker and times it from its first to its last processed record (worker start-up excluded; the broker is idle
+apart from serving the worker):
+
+- nudge: records packed by the collector's :class:`app.batching.PartitionBatcher` (one batch envelope per
+  partition per flush), consumed by ``nudge worker`` (validation, fold, bulk changelog writes);
+- baseline: one event per record keyed by user id, consumed by :mod:`app.baseline` (one table write per event).
+
+Medians of ``runs`` runs of each side are reported with their ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from app.batching import PartitionBatcher
+from app.devstack import DevStack, EmbeddedBroker, Worker, create_topic, free_port
+from app.events import user_key
+from app.partitioning import partition_for
+from app.simulate import simulate_events
+
+PARTITIONS = 8
+RUN_TIMEOUT_S = 600.0
+
+
+async def run(*, events: int, users: int, runs: int) -> dict[str, Any]:
+    corpus = [orjson.dumps(e) for e in simulate_events(users=users, events=events, seed=11) if isinstance(e, dict)]
+    nudge_rates, baseline_rates = [], []
+    for index in range(runs):
+        nudge_rates.append(await _run_nudge(corpus))
+        baseline_rates.append(await _run_baseline(corpus))
+        print(
+            f"bench run {index + 1}/{runs}: nudge {nudge_rates[-1]:,.0f} events/s, "
+            f"baseline {baseline_rates[-1]:,.0f} events/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    nudge, baseline = statistics.median(nudge_rates), statistics.median(baseline_rates)
+    return {
+        "events": len(corpus),
+        "users": users,
+        "runs": runs,
+        "events_per_s": round(nudge),
+        "baseline_events_per_s": round(baseline),
+        "ratio": round(nudge / baseline, 2),
+        "events_per_s_runs": [round(r) for r in nudge_rates],
+        "baseline_events_per_s_runs": [round(r) for r in baseline_rates],
+    }
+
+
+async def _run_nudge(corpus: list[bytes]) -> float:
+    stack = DevStack(workers=0, partitions=PARTITIONS)
+    async with stack:
+        await _produce_batched(stack.broker.bootstrap, corpus)
+        worker = stack.new_worker(0)
+        worker.start()
+        stack.nodes.append(worker)
+        stats = await _wait_until_processed(worker, stack.api_key, len(corpus))
+        return len(corpus) / (stats["last_event_at"] - stats["first_event_at"])
+
+
+async def _run_baseline(corpus: list[bytes]) -> float:
+    root = Path("var") / f"bench-baseline-{os.getpid()}"
+    root.mkdir(parents=True, exist_ok=True)
+    broker = EmbeddedBroker(log_path=root / "tansu.log")
+    broker.start()
+    port = free_port()
+    env = {**os.environ, "BASELINE_BROKER_URL": f"kafka://{broker.bootstrap}", "BASELINE_WEB_PORT": str(port)}
+    log = open(root / "worker.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.baseline", "--datadir", str(root / "data"), "worker", "-l", "info"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await _produce_single(broker.bootstrap, corpus)
+        started = time.monotonic()
+        first: float | None = None
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() - started < RUN_TIMEOUT_S:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/stats") as response:
+                        done = (await response.json())["events"]
+                except aiohttp.ClientError:
+                    done = 0
+                if process.poll() is not None:
+                    raise RuntimeError(f"baseline worker exited with {process.returncode}; see {root}/worker.log")
+                now = time.monotonic()
+                if done and first is None:
+                    first, first_done = now, done
+                if done >= len(corpus):
+                    assert first is not None
+                    return (done - first_done) / max(now - first, 1e-9)
+                await asyncio.sleep(0.05)
+        raise TimeoutError("baseline did not finish")
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+        broker.stop()
+
+
+async def _produce_batched(bootstrap: str, corpus: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1024 * 1024)
+    await producer.start()
+    try:
+        await create_topic(bootstrap, "nudge.events", PARTITIONS)
+
+        async def send(partition: int, value: bytes) -> Any:
+            return await producer.send("nudge.events", value, partition=partition)
+
+        batcher = PartitionBatcher(send, linger_s=0.02)
+        for start in range(0, len(corpus), 5000):
+            chunk = corpus[start : start + 5000]
+            await batcher.submit(
+                (partition_for(user_key(orjson.loads(raw)), PARTITIONS), raw) for raw in chunk
+            )
+        await batcher.drain()
+    finally:
+        await producer.stop()
+
+
+async def _produce_single(bootstrap: str, corpus: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        await create_topic(bootstrap, "baseline.events", PARTITIONS)
+        for raw in corpus:
+            await producer.send("baseline.events", raw, key=user_key(orjson.loads(raw)).encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _wait_until_processed(worker: Worker, api_key: str, count: int) -> dict[str, Any]:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as session:
+        while time.monotonic() < deadline:
+            worker.check_alive()
+            try:
+                async with session.get(f"{worker.url}/v1/stats") as response:
+                    stats = await response.json()
+                if stats["events"] >= count:
+                    return stats
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"worker did not process {count} events in {RUN_TIMEOUT_S} s")
