@@ -88,7 +88,7 @@ class PartitionBatcher:
         try:
             delivery = await self._send(partition, encode_batch(pending.events))
             await delivery
-        except Exception as error:  # noqa: BLE001 - handed to every waiting caller
+        except Exception as error:
             if not pending.delivered.done():
                 pending.delivered.set_exception(error)
             # Retrieve it here too so an abandoned waiter does not log "exception never retrieved".

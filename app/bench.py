@@ -126,9 +126,7 @@ async def _produce_batched(bootstrap: str, corpus: list[bytes]) -> None:
         batcher = PartitionBatcher(send, linger_s=0.02)
         for start in range(0, len(corpus), 5000):
             chunk = corpus[start : start + 5000]
-            await batcher.submit(
-                (partition_for(user_key(orjson.loads(raw)), PARTITIONS), raw) for raw in chunk
-            )
+            await batcher.submit((partition_for(user_key(orjson.loads(raw)), PARTITIONS), raw) for raw in chunk)
         await batcher.drain()
     finally:
         await producer.stop()

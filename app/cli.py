@@ -150,9 +150,7 @@ def _send(args: argparse.Namespace, events: Any, *, total: int | None, label: st
     if args.kafka:
         asyncio.run(send_kafka(events, bootstrap=args.kafka, topic=args.topic, rate=args.rate, progress=progress))
     elif args.http and args.write_key:
-        asyncio.run(
-            send_http(events, url=args.http, write_key=args.write_key, rate=args.rate, progress=progress)
-        )
+        asyncio.run(send_http(events, url=args.http, write_key=args.write_key, rate=args.rate, progress=progress))
     else:
         print(f"nudge {label}: pass --http URL --write-key KEY, or --kafka BOOTSTRAP", file=sys.stderr)
         return 2

@@ -212,6 +212,9 @@ class DevStack:
         self.root.mkdir(parents=True, exist_ok=True)
         self.broker = EmbeddedBroker(log_path=self.root / "tansu.log")
         self.broker.start()
+        # Create the topics before any client asks for them: Tansu auto-creates unknown topics with one partition.
+        for topic in ("nudge.events", "nudge.events.dlq"):
+            await create_topic(self.broker.bootstrap, topic, self.partitions)
         self.redis.start()
         for index in range(self.workers):
             self.nodes.append(self.new_worker(index))

@@ -57,9 +57,9 @@ class Event:
 def normalise(raw: object, *, now_ms: int, default_type: str | None = None) -> dict[str, Any]:
     """Validate one incoming event and return it ready for the topic, or raise :class:`InvalidEvent`.
 
-    Fills what the Segment API fills for its callers: ``type`` from the endpoint, a ``messageId`` derived from the
-    content when missing (stable, so a retried request is recognised as a duplicate), ``timestamp`` from
-    ``originalTimestamp`` or the time of receipt, and ``receivedAt``.
+    Fills what the Segment API fills for its callers: ``type`` from the endpoint, ``timestamp`` from
+    ``originalTimestamp`` or the time of receipt, a ``messageId`` derived from the content and timestamp when
+    missing (so a retried request is recognised as a duplicate), and ``receivedAt``.
     """
     if not isinstance(raw, dict):
         raise InvalidEvent(f"an event must be a JSON object, not {_json_type(raw)}")
@@ -89,17 +89,9 @@ def normalise(raw: object, *, now_ms: int, default_type: str | None = None) -> d
         if value is not None and not isinstance(value, dict):
             raise InvalidEvent(f"{field} must be an object, not {_json_type(value)}")
 
-    if "messageId" in event and event["messageId"] is not None:
-        if not isinstance(event["messageId"], str) or not event["messageId"]:
-            raise InvalidEvent("messageId must be a non-empty string")
-        if len(event["messageId"]) > MAX_ID_LENGTH:
-            raise InvalidEvent(f"messageId longer than {MAX_ID_LENGTH} characters")
-    else:
-        event["messageId"] = "auto-" + hashlib.blake2b(
-            orjson.dumps(raw, option=orjson.OPT_SORT_KEYS), digest_size=12
-        ).hexdigest()
-
-    stamp = event.get("timestamp") or event.get("originalTimestamp")
+    stamp = event.get("timestamp")
+    if stamp is None:
+        stamp = event.get("originalTimestamp")
     if stamp is None:
         event["timestamp"] = iso_from_ms(now_ms)
     else:
@@ -107,6 +99,17 @@ def normalise(raw: object, *, now_ms: int, default_type: str | None = None) -> d
         if timestamp_ms > now_ms + MAX_FUTURE_SKEW_MS:
             raise InvalidEvent("timestamp is more than 24 h in the future")
         event["timestamp"] = stamp
+    if "messageId" in event and event["messageId"] is not None:
+        if not isinstance(event["messageId"], str) or not event["messageId"]:
+            raise InvalidEvent("messageId must be a non-empty string")
+        if len(event["messageId"]) > MAX_ID_LENGTH:
+            raise InvalidEvent(f"messageId longer than {MAX_ID_LENGTH} characters")
+    else:
+        # Derived from the content and the effective timestamp: a retried request with the same timestamp is
+        # recognised, while two identical events sent without a timestamp stay two events.
+        content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS) + str(event["timestamp"]).encode()
+        event["messageId"] = "auto-" + hashlib.blake2b(content, digest_size=12).hexdigest()
+
     event.setdefault("receivedAt", iso_from_ms(now_ms))
     return event
 

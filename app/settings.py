@@ -10,7 +10,6 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 
 
@@ -65,9 +64,7 @@ class Settings:
             "api_keys": _keys(env, "NUDGE_API_KEYS"),
             "session_timeout_s": _float(env, "NUDGE_SESSION_TIMEOUT_S", defaults.session_timeout_s),
             "producer_linger_ms": _int(env, "NUDGE_PRODUCER_LINGER_MS", defaults.producer_linger_ms, 0, 1000),
-            "collector_linger_ms": _int(
-                env, "NUDGE_COLLECTOR_LINGER_MS", defaults.collector_linger_ms, 0, 1000
-            ),
+            "collector_linger_ms": _int(env, "NUDGE_COLLECTOR_LINGER_MS", defaults.collector_linger_ms, 0, 1000),
             "log_level": env.get("NUDGE_LOG_LEVEL", defaults.log_level),
         }
         settings = cls(**values)  # type: ignore[arg-type]

@@ -153,8 +153,7 @@ def _pick_product(rng: random.Random, products: list[_Product]) -> _Product:
 # --- shoppers -----------------------------------------------------------------------------------------------
 
 _USER_AGENTS_DESKTOP = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
-    "Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 "
     "Safari/605.1.15",
     "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
@@ -299,9 +298,7 @@ def _checkout(rng: random.Random, shopper: _Shopper, views: int) -> Iterator[_St
     """End of a visit with a full cart: look at it, then buy it or leave it for a later visit."""
     cart = shopper.cart
     if rng.random() < 0.6:
-        yield _Step(
-            "track", "Cart Viewed", {"cart_id": f"cart-{shopper.id_value}", "products": _cart_products(cart)}
-        )
+        yield _Step("track", "Cart Viewed", {"cart_id": f"cart-{shopper.id_value}", "products": _cart_products(cart)})
     if rng.random() >= _checkout_probability(views, len(cart)):
         return  # abandoned: the cart stays for the next visit
     shopper.orders += 1
@@ -410,9 +407,7 @@ def _malformed(
     It is built from a throw-away product view of the shopper due next, so that shopper's story is untouched.
     """
     product = _pick_product(rng, catalogue[rng.choice(shopper.favourites)])
-    event = _to_event(
-        shopper, _Step("track", "Product Viewed", _product_properties(product, 1)), now_ms, message_id
-    )
+    event = _to_event(shopper, _Step("track", "Product Viewed", _product_properties(product, 1)), now_ms, message_id)
     kind = rng.choice(_MALFORMED_KINDS)
     if kind == "not_json":
         raw = json.dumps(event).encode()

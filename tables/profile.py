@@ -117,9 +117,7 @@ def apply_record(
             folded = fold(folded, event)
     if folded is profile:
         return None
-    return replace(
-        folded, source_partition=partition, source_offset=offset, seen_ids=tuple(seen[-MAX_SEEN_IDS:])
-    )
+    return replace(folded, source_partition=partition, source_offset=offset, seen_ids=tuple(seen[-MAX_SEEN_IDS:]))
 
 
 def fold(profile: Profile, event: Event) -> Profile:
@@ -209,10 +207,7 @@ def _cart_change(profile: Profile, props: Mapping[str, Any], ts: int, sign: int)
 def _order(profile: Profile, props: Mapping[str, Any], ts: int) -> dict[str, Any]:
     revenue = _number(props.get("revenue", props.get("total")), default=math.nan)
     if math.isnan(revenue):
-        revenue = sum(
-            _number(p.get("price"), 0.0) * _positive_int(p.get("quantity"), 1)
-            for p in _products(props)
-        )
+        revenue = sum(_number(p.get("price"), 0.0) * _positive_int(p.get("quantity"), 1) for p in _products(props))
     return {
         "orders": profile.orders + 1,
         "revenue": round(profile.revenue + max(revenue, 0.0), 2),

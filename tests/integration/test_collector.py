@@ -1,0 +1,141 @@
+"""The collector with real clients: Segment's own Python SDK, and raw HTTP for the error cases."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from segment.analytics import Client
+
+from app.devstack import DevStack
+from app.events import iso_from_ms, parse_timestamp
+from app.simulate import simulate_events
+from tables.profile_view import profile_view
+from tests.integration.conftest import expected_profiles, fetch_profiles, stable, stats, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_segment_sdk_events_give_exact_profiles(stack: DevStack) -> None:
+    """10,000 events sent by segment-analytics-python end up as exactly the profiles the pure fold predicts."""
+    events = [e for e in simulate_events(users=800, events=10_000, seed=3) if isinstance(e, dict)]
+    assert len(events) == 10_000
+    failures: list[Any] = []
+    client = Client(
+        write_key=stack.write_key,
+        host=stack.http,
+        on_error=lambda error, batch: failures.append(error),
+        upload_size=250,
+        max_retries=0,
+        sync_mode=False,
+    )
+    for event in events:
+        common = {
+            "user_id": event.get("userId"),
+            "anonymous_id": event.get("anonymousId"),
+            "context": event["context"],
+            "timestamp": _datetime(event["timestamp"]),
+            "message_id": event["messageId"],
+        }
+        if event["type"] == "page":
+            client.page(name=event.get("name"), properties=event.get("properties"), **common)
+        else:
+            client.track(event=event["event"], properties=event["properties"], **common)
+    client.flush()
+    client.join()
+    assert failures == []
+
+    async def all_folded() -> bool:
+        return (await stats(stack))["folded"] >= len(events)
+
+    await wait_for(all_folded, timeout=60, what="all 10,000 events folded")
+    expected = expected_profiles(events)
+    actual = await fetch_profiles(stack, expected)
+    now_ms = int(time.time() * 1000)
+    mismatched = [
+        user
+        for user, profile in expected.items()
+        if actual[user] is None or stable(actual[user]) != stable(profile_view(profile, now_ms=now_ms))
+    ]
+    assert mismatched == [], f"{len(mismatched)} profiles differ, e.g. {mismatched[:3]}"
+    totals = await stats(stack)
+    assert totals["folded"] == 10_000
+    assert totals["rejected"] == 0
+
+
+async def test_http_edge_answers_like_segment(stack: DevStack) -> None:
+    url = stack.http
+    good = {"userId": "edge-user", "event": "Product Viewed", "properties": {"product_id": "p1", "category": "c"}}
+    typed = {**good, "type": "track"}
+    async with aiohttp.ClientSession() as session:
+
+        async def post(path: str, body: Any, *, key: str | None = stack.write_key, **kw: Any) -> tuple[int, Any]:
+            headers = dict(kw.pop("headers", {}))
+            if key is not None:
+                headers["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+            data = body if isinstance(body, bytes) else orjson.dumps(body)
+            async with session.post(url + path, data=data, headers=headers) as response:
+                return response.status, await response.json(content_type=None)
+
+        assert await post("/v1/track", good) == (200, {"success": True})
+        assert (await post("/v1/track", good, key=None))[0] == 401
+        assert (await post("/v1/track", good, key="wrong"))[0] == 401
+        status, body = await post("/v1/track", b"{not json")
+        assert status == 400 and "not valid JSON" in body["message"]
+        status, body = await post("/v1/track", {**good, "userId": 42})
+        assert status == 400 and body["message"] == "userId must be a string, not a number"
+        status, body = await post("/v1/track", {"event": "X"})
+        assert status == 400 and body["message"] == "userId or anonymousId is required"
+        future = iso_from_ms(int(time.time() * 1000) + 25 * 3600 * 1000)
+        status, body = await post("/v1/track", {**good, "timestamp": future})
+        assert status == 400 and "24 h in the future" in body["message"]
+        status, body = await post("/v1/track", {**good, "properties": {"blob": "x" * 33_000}})
+        assert status == 413
+        status, body = await post(
+            "/v1/batch", {"batch": [typed] * 20 + [{**typed, "properties": {"b": "x" * 30_000}}] * 20}
+        )
+        assert status == 413
+        status, body = await post(
+            "/v1/batch", {"batch": [typed, {"type": "track", "event": "no user"}, {**good, "type": "nope"}]}
+        )
+        assert status == 200
+        assert body["accepted"] == 1
+        assert [r["index"] for r in body["rejected"]] == [1, 2]
+        compressed = gzip.compress(orjson.dumps({"batch": [typed]}))
+        status, body = await post("/v1/batch", compressed, headers={"Content-Encoding": "gzip"})
+        assert (status, body) == (200, {"success": True})
+        status, body = await post("/v1/identify", {"userId": "edge-user", "traits": {"plan": "pro"}})
+        assert status == 200
+
+    async def counted() -> bool:
+        views = await fetch_profiles(stack, ["edge-user"])
+        return views["edge-user"] is not None and views["edge-user"]["event_counts"].get("Product Viewed") == 3
+
+    # Accepted: the first track, one event of the mixed batch and the gzip batch. Nothing rejected leaked in.
+    await wait_for(counted, timeout=30, what="the three accepted views")
+    view = (await fetch_profiles(stack, ["edge-user"]))["edge-user"]
+    assert view["event_counts"] == {"Product Viewed": 3, "Identify": 1}
+
+
+async def test_read_api_needs_a_key_and_answers_404_for_strangers(stack: DevStack) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{stack.http}/v1/users/nobody/profile") as response:
+            assert response.status == 401
+        headers = {"Authorization": "Bearer wrong"}
+        async with session.get(f"{stack.http}/v1/users/nobody/profile", headers=headers) as response:
+            assert response.status == 401
+        headers = {"Authorization": f"Bearer {stack.api_key}"}
+        async with session.get(f"{stack.http}/v1/users/nobody/profile", headers=headers) as response:
+            assert response.status == 404
+            assert "nobody" in (await response.json())["error"]
+
+
+def _datetime(stamp: str) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(parse_timestamp(stamp, field="timestamp") / 1000, UTC)
