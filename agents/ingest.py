@@ -28,9 +28,7 @@ async def ingest(stream: Any) -> None:
         )
         folded = 0
         for user_id, user_events in plan.by_user.items():
-            updated = apply_record(
-                profiles.data.get(user_id), user_id, user_events, partition=partition, offset=offset
-            )
+            updated = apply_record(profiles.data.get(user_id), user_id, user_events, partition=partition, offset=offset)
             if updated is not None:
                 profile_writer.put(user_id, updated, partition=partition)
                 folded += len(user_events)

@@ -14,6 +14,7 @@ from app.replay import event_time_ms, rees46_events
 REES46 = DEFAULT_REES46  # ../shared beside the checkout, as in CI
 HEADER = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
 
+
 @pytest.fixture(scope="module")
 def rees46() -> list[dict[str, Any]]:
     return list(rees46_events(REES46))

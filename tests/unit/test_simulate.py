@@ -153,9 +153,7 @@ def test_every_event_follows_the_spec(stream: list[dict[str, Any]]) -> None:
         assert ISO_MS.match(event["timestamp"])
         assert ("userId" in event) != ("anonymousId" in event)
         assert (
-            re.fullmatch(r"u\d+", event["userId"])
-            if "userId" in event
-            else re.fullmatch(r"a\d+", event["anonymousId"])
+            re.fullmatch(r"u\d+", event["userId"]) if "userId" in event else re.fullmatch(r"a\d+", event["anonymousId"])
         )
         context = event["context"]
         assert isinstance(context["sessionId"], str) and context["sessionId"]
