@@ -22,7 +22,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from app.batching import PartitionBatcher
-from app.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, InvalidEvent, normalise, user_key
+from app.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, InvalidEvent, encode_event, normalise, user_key
 from app.main import app, events_topic, settings
 from app.partitioning import partition_for
 
@@ -55,7 +55,7 @@ class _CollectorView(View):
                 return await self._batch(payload, now_ms)
             event = normalise(payload, now_ms=now_ms, default_type=self.event_type)
             event.pop("writeKey", None)
-            await _produce([event])
+            await _produce([_encoded(event)])
             return self.json({"success": True})
         except HttpError as error:
             return self.json({"success": False, "message": str(error)}, status=error.status)
@@ -65,13 +65,13 @@ class _CollectorView(View):
     async def _batch(self, payload: Any, now_ms: int) -> Response:
         if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
             raise HttpError(400, 'a batch body must be an object with a "batch" array')
-        accepted: list[dict[str, Any]] = []
+        accepted: list[tuple[int, bytes]] = []
         rejected: list[dict[str, Any]] = []
         for index, raw in enumerate(payload["batch"]):
             try:
-                if len(orjson.dumps(raw)) > MAX_EVENT_BYTES:
+                if len(encode_event(raw)) > MAX_EVENT_BYTES:
                     raise InvalidEvent(f"event is over the {MAX_EVENT_BYTES} byte limit")
-                accepted.append(normalise(raw, now_ms=now_ms))
+                accepted.append(_encoded(normalise(raw, now_ms=now_ms)))
             except InvalidEvent as error:
                 rejected.append({"index": index, "message": str(error)})
         if not accepted and rejected:
@@ -83,8 +83,13 @@ class _CollectorView(View):
         return self.json(response)
 
 
-async def _produce(events: list[dict[str, Any]]) -> None:
-    await batcher.submit((partition_for(user_key(event), settings.partitions), orjson.dumps(event)) for event in events)
+def _encoded(event: dict[str, Any]) -> tuple[int, bytes]:
+    """The partition of a normalised event and its bytes for the topic."""
+    return partition_for(user_key(event), settings.partitions), encode_event(event)
+
+
+async def _produce(events: list[tuple[int, bytes]]) -> None:
+    await batcher.submit(events)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

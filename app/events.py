@@ -107,7 +107,10 @@ def normalise(raw: object, *, now_ms: int, default_type: str | None = None) -> d
     else:
         # Derived from the content and the effective timestamp: a retried request with the same timestamp is
         # recognised, while two identical events sent without a timestamp stay two events.
-        content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS) + str(event["timestamp"]).encode()
+        try:
+            content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS) + str(event["timestamp"]).encode()
+        except orjson.JSONEncodeError as error:
+            raise InvalidEvent(f"event cannot be encoded as JSON: {error}") from None
         event["messageId"] = "auto-" + hashlib.blake2b(content, digest_size=12).hexdigest()
 
     event.setdefault("receivedAt", iso_from_ms(now_ms))
@@ -116,14 +119,16 @@ def normalise(raw: object, *, now_ms: int, default_type: str | None = None) -> d
 
 def to_event(raw: object, *, now_ms: int) -> Event:
     """Validate one event taken from a topic record and return its internal form, or raise :class:`InvalidEvent`."""
-    event = normalise(raw, now_ms=now_ms)
+    return event_from(normalise(raw, now_ms=now_ms))
+
+
+def event_from(event: Mapping[str, Any]) -> Event:
+    """The internal form of an event that :func:`normalise` accepted."""
     type_ = event["type"]
-    user_id = _optional_id(event, "userId") or _optional_id(event, "anonymousId")
-    assert user_id is not None  # normalise() refuses events without either
     return Event(
         type=type_,
         name=event["event"] if type_ == "track" else _TYPE_NAMES[type_],
-        user_id=user_id,
+        user_id=user_key(event),
         message_id=event["messageId"],
         timestamp_ms=parse_timestamp(event["timestamp"], field="timestamp"),
         properties=event.get("properties") or {},
@@ -149,6 +154,14 @@ def decode_record(value: bytes | None) -> list[object]:
     if isinstance(body, dict):
         return [body]
     raise InvalidEvent(f"record must be an event object or a batch envelope, not {_json_type(body)}")
+
+
+def encode_event(event: object) -> bytes:
+    """Encode an event as JSON, or raise :class:`InvalidEvent` (orjson refuses nesting past 254 levels)."""
+    try:
+        return orjson.dumps(event)
+    except orjson.JSONEncodeError as error:
+        raise InvalidEvent(f"event cannot be encoded as JSON: {error}") from None
 
 
 def encode_batch(events: list[bytes]) -> bytes:

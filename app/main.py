@@ -41,7 +41,7 @@ app = faust.App(
     producer_max_batch_size=512 * 1024,
     producer_max_request_size=4 * 1024 * 1024,
     consumer_max_fetch_size=8 * 1024 * 1024,
-    stream_buffer_maxsize=1024,
+    stream_buffer_maxsize=65536,
 )
 
 events_topic = app.topic(

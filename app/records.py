@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from app.events import Event, InvalidEvent, decode_record, to_event
+from app.events import Event, InvalidEvent, decode_record, encode_event, event_from, normalise
 from app.partitioning import partition_for
 
 
@@ -43,22 +43,26 @@ def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms
     except InvalidEvent as error:
         plan.rejects.append(Reject(str(error), value or b""))
         return plan
-    single = len(items) == 1 and value is not None
+    assert value is not None  # decode_record refuses a missing value
     for item in items:
         try:
-            event = to_event(item, now_ms=now_ms)
+            normalised = normalise(item, now_ms=now_ms)
+            event = event_from(normalised)
+            if partition_for(event.user_id, partitions) != partition:
+                # Forward the normalised form: its messageId and timestamp are fixed, so a second forward
+                # after a crash is recognised as a duplicate.
+                plan.misrouted.append((event.user_id, encode_event(normalised)))
+                continue
         except InvalidEvent as error:
-            plan.rejects.append(Reject(str(error), value if single else _encode(item)))  # type: ignore[arg-type]
-            continue
-        if partition_for(event.user_id, partitions) != partition:
-            plan.misrouted.append((event.user_id, _encode(item)))
+            plan.rejects.append(Reject(str(error), value if len(items) == 1 else _original(item, value)))
             continue
         plan.by_user.setdefault(event.user_id, []).append(event)
     return plan
 
 
-def _encode(item: object) -> bytes:
+def _original(item: object, record: bytes) -> bytes:
+    """The bytes of one bad event of a batch; the whole record when the event cannot be re-encoded."""
     try:
         return orjson.dumps(item)
-    except TypeError:  # pragma: no cover - decoded JSON always re-encodes
-        return repr(item).encode()
+    except orjson.JSONEncodeError:
+        return record

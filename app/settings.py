@@ -7,6 +7,7 @@ Every variable is listed in the README.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ class Settings:
             "broker_url": broker,
             "embedded_broker": _flag(env, "NUDGE_EMBEDDED_BROKER", defaults.embedded_broker),
             "redis_url": env.get("REDIS_URL") or None,
-            "store": env.get("NUDGE_STORE", defaults.store),
+            "store": env.get("NUDGE_STORE") or defaults.store,
             "data_dir": env.get("NUDGE_DATA_DIR", defaults.data_dir),
             "app_id": env.get("NUDGE_APP_ID", defaults.app_id),
             "partitions": _int(env, "NUDGE_PARTITIONS", defaults.partitions, low=1, high=1024),
@@ -65,7 +66,7 @@ class Settings:
             "session_timeout_s": _float(env, "NUDGE_SESSION_TIMEOUT_S", defaults.session_timeout_s),
             "producer_linger_ms": _int(env, "NUDGE_PRODUCER_LINGER_MS", defaults.producer_linger_ms, 0, 1000),
             "collector_linger_ms": _int(env, "NUDGE_COLLECTOR_LINGER_MS", defaults.collector_linger_ms, 0, 1000),
-            "log_level": env.get("NUDGE_LOG_LEVEL", defaults.log_level),
+            "log_level": (env.get("NUDGE_LOG_LEVEL") or defaults.log_level).lower(),
         }
         settings = cls(**values)  # type: ignore[arg-type]
         settings.check()
@@ -125,8 +126,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r}: expected a number") from None
-    if value <= 0:
-        raise SettingsError(f"{name}={value}: expected a positive number")
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name}={raw!r}: expected a positive, finite number")
     return value
 
 

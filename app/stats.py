@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(slots=True)
@@ -16,12 +16,15 @@ class IngestStats:
     forwarded: int = 0
     first_event_at: float | None = None
     last_event_at: float | None = None
+    #: Per source partition: [first offset, last offset] this worker processed.
+    offsets: dict[int, list[int]] = field(default_factory=dict)
 
-    def add(self, *, events: int, folded: int, rejected: int, forwarded: int) -> None:
+    def add(self, *, partition: int, offset: int, events: int, folded: int, rejected: int, forwarded: int) -> None:
         now = time.time()
         if self.first_event_at is None:
             self.first_event_at = now
         self.last_event_at = now
+        self.offsets.setdefault(partition, [offset, offset])[1] = offset
         self.records += 1
         self.events += events
         self.folded += folded

@@ -41,7 +41,7 @@ class CartItem:
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """The user's current session: an explicit session id, else a run of events less than 30 minutes apart."""
+    """The user's current session: an explicit session id, else a run of events at most 30 minutes apart."""
 
     id: str
     started_ms: int
@@ -192,7 +192,8 @@ def _cart_change(profile: Profile, props: Mapping[str, Any], ts: int, sign: int)
         held = current.quantity if current else 0
         if current is None and len(cart) >= MAX_CART_ITEMS:
             return {}
-        cart[product_id] = CartItem(product_id, held + quantity, price, _category(props))
+        category = _category(props) or (current.category if current else None)
+        cart[product_id] = CartItem(product_id, held + quantity, price, category)
     elif current is not None:
         remaining = current.quantity - quantity
         if remaining > 0:
@@ -205,7 +206,9 @@ def _cart_change(profile: Profile, props: Mapping[str, Any], ts: int, sign: int)
 
 
 def _order(profile: Profile, props: Mapping[str, Any], ts: int) -> dict[str, Any]:
-    revenue = _number(props.get("revenue", props.get("total")), default=math.nan)
+    revenue = _number(props.get("revenue"), default=math.nan)
+    if math.isnan(revenue):
+        revenue = _number(props.get("total"), default=math.nan)
     if math.isnan(revenue):
         revenue = sum(_number(p.get("price"), 0.0) * _positive_int(p.get("quantity"), 1) for p in _products(props))
     return {

@@ -1,0 +1,172 @@
+"""Settings.from_env: a worker starts only with what it must have, and every refusal names its variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import LOG_LEVELS, Settings, SettingsError
+
+REQUIRED = {
+    "NUDGE_WRITE_KEYS": "write-key",
+    "NUDGE_API_KEYS": "api-key",
+    "KAFKA_BROKER_URL": "kafka://localhost:9092",
+}
+
+
+def env(**changes: str) -> dict[str, str]:
+    return {**REQUIRED, **changes}
+
+
+def refusal(environ: dict[str, str]) -> str:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(environ)
+    return str(caught.value)
+
+
+def test_required_keys_are_enough() -> None:
+    settings = Settings.from_env(REQUIRED)
+    assert settings.write_keys == {"write-key"}
+    assert settings.api_keys == {"api-key"}
+    assert settings.broker_url == "kafka://localhost:9092"
+    assert settings.partitions == 8
+    assert settings.store == "memory://"
+    assert settings.log_level == "info"
+    assert settings.embedded_broker is False
+    assert settings.web_url == "http://127.0.0.1:6066"
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        env(
+            NUDGE_EMBEDDED_BROKER="yes",
+            REDIS_URL="redis://localhost:6379/0",
+            NUDGE_STORE="rocksdb://",
+            NUDGE_DATA_DIR="/var/lib/nudge",
+            NUDGE_APP_ID="nudge-test",
+            NUDGE_PARTITIONS="16",
+            NUDGE_EVENTS_TOPIC="t.events",
+            NUDGE_DLQ_TOPIC="t.dlq",
+            NUDGE_WEB_HOST="0.0.0.0",
+            NUDGE_WEB_PORT="8080",
+            NUDGE_SESSION_TIMEOUT_S="2.5",
+            NUDGE_PRODUCER_LINGER_MS="0",
+            NUDGE_COLLECTOR_LINGER_MS="20",
+            NUDGE_LOG_LEVEL="debug",
+        )
+    )
+    assert settings == Settings(
+        broker_url="kafka://localhost:9092",
+        embedded_broker=True,
+        redis_url="redis://localhost:6379/0",
+        store="rocksdb://",
+        data_dir="/var/lib/nudge",
+        app_id="nudge-test",
+        partitions=16,
+        events_topic="t.events",
+        dlq_topic="t.dlq",
+        web_host="0.0.0.0",
+        web_port=8080,
+        write_keys=frozenset({"write-key"}),
+        api_keys=frozenset({"api-key"}),
+        session_timeout_s=2.5,
+        producer_linger_ms=0,
+        collector_linger_ms=20,
+        log_level="debug",
+    )
+
+
+def test_empty_optional_values_mean_the_default() -> None:
+    settings = Settings.from_env(env(NUDGE_PARTITIONS="", NUDGE_EMBEDDED_BROKER="", REDIS_URL=""))
+    assert (settings.partitions, settings.embedded_broker, settings.redis_url) == (8, False, None)
+
+
+@pytest.mark.parametrize("name", ["NUDGE_WRITE_KEYS", "NUDGE_API_KEYS", "KAFKA_BROKER_URL"])
+def test_missing_required_variable_is_refused_by_name(name: str) -> None:
+    environ = dict(REQUIRED)
+    del environ[name]
+    assert name in refusal(environ)
+
+
+@pytest.mark.parametrize("name", ["NUDGE_WRITE_KEYS", "NUDGE_API_KEYS", "KAFKA_BROKER_URL"])
+def test_empty_required_variable_is_refused_by_name(name: str) -> None:
+    assert name in refusal(env(**{name: ""}))
+
+
+@pytest.mark.parametrize("name", ["NUDGE_WRITE_KEYS", "NUDGE_API_KEYS"])
+def test_keys_made_only_of_commas_and_spaces_are_refused(name: str) -> None:
+    assert name in refusal(env(**{name: " , ,"}))
+
+
+def test_comma_separated_keys_are_split_and_trimmed() -> None:
+    settings = Settings.from_env(env(NUDGE_WRITE_KEYS=" wk1, wk2 ,,wk3 ", NUDGE_API_KEYS="ak1,  ak2"))
+    assert settings.write_keys == {"wk1", "wk2", "wk3"}
+    assert settings.api_keys == {"ak1", "ak2"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("NUDGE_PARTITIONS", "eight"),
+        ("NUDGE_PARTITIONS", "0"),
+        ("NUDGE_PARTITIONS", "-1"),
+        ("NUDGE_PARTITIONS", "2.5"),
+        ("NUDGE_PARTITIONS", "1025"),
+        ("NUDGE_WEB_PORT", "0"),
+        ("NUDGE_WEB_PORT", "65536"),
+        ("NUDGE_WEB_PORT", "http"),
+        ("NUDGE_PRODUCER_LINGER_MS", "1001"),
+        ("NUDGE_COLLECTOR_LINGER_MS", "-5"),
+        ("NUDGE_SESSION_TIMEOUT_S", "0"),
+        ("NUDGE_SESSION_TIMEOUT_S", "soon"),
+        ("NUDGE_EMBEDDED_BROKER", "maybe"),
+        ("NUDGE_EMBEDDED_BROKER", "2"),
+        ("NUDGE_LOG_LEVEL", "verbose"),
+        ("NUDGE_LOG_LEVEL", "trace"),
+        ("NUDGE_STORE", "redis://localhost"),
+        ("NUDGE_STORE", "/var/lib/nudge"),
+    ],
+)
+def test_malformed_variable_is_refused_by_name(name: str, value: str) -> None:
+    message = refusal(env(**{name: value}))
+    assert message.startswith(f"{name}=")
+
+
+def test_refusals_say_what_was_expected() -> None:
+    assert refusal(env(NUDGE_PARTITIONS="eight")) == "NUDGE_PARTITIONS='eight': expected a whole number"
+    assert refusal(env(NUDGE_PARTITIONS="0")) == "NUDGE_PARTITIONS=0: expected 1..1024"
+    assert refusal(env(NUDGE_WEB_PORT="70000")) == "NUDGE_WEB_PORT=70000: expected 1..65535"
+    assert refusal(env(NUDGE_LOG_LEVEL="verbose")) == (
+        "NUDGE_LOG_LEVEL='verbose': expected one of " + ", ".join(LOG_LEVELS)
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("TRUE", True), ("on", True), ("No", False), ("0", False)]
+)
+def test_embedded_broker_flag_spellings(value: str, expected: bool) -> None:
+    assert Settings.from_env(env(NUDGE_EMBEDDED_BROKER=value)).embedded_broker is expected
+
+
+@pytest.mark.parametrize("level", LOG_LEVELS)
+def test_every_documented_log_level_is_accepted(level: str) -> None:
+    assert Settings.from_env(env(NUDGE_LOG_LEVEL=level)).log_level == level
+
+
+def test_settings_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        Settings.from_env({})
+
+
+def test_replace_returns_a_changed_copy() -> None:
+    settings = Settings.from_env(REQUIRED)
+    changed = settings.replace(partitions=4)
+    assert (settings.partitions, changed.partitions) == (8, 4)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_session_timeout_is_refused(value: str) -> None:
+    assert "NUDGE_SESSION_TIMEOUT_S" in refusal(env(NUDGE_SESSION_TIMEOUT_S=value))
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert Settings.from_env(env(NUDGE_LOG_LEVEL="INFO")).log_level == "info"
