@@ -45,6 +45,8 @@ async def ingest(stream: Any) -> None:
         for user_id, raw in plan.misrouted:
             await events_topic.send(key=user_id.encode(), value=raw)
         ingest_stats.add(
+            partition=partition,
+            offset=offset,
             events=plan.accepted + len(plan.rejects) + len(plan.misrouted),
             folded=folded,
             rejected=len(plan.rejects),
