@@ -1,0 +1,63 @@
+"""The command line as an operator meets it: --help everywhere, and `nudge dev` up, ready and cleanly down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import orjson
+import psutil
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+COMMANDS = ["worker", "dev", "demo", "simulate", "replay", "bench"]
+
+
+@pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", *command, "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: nudge" in result.stdout
+
+
+def test_worker_without_settings_says_which_variable_is_missing() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUDGE_", "KAFKA_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker"], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert result.returncode == 2
+    assert "NUDGE_WRITE_KEYS" in result.stderr
+
+
+def test_dev_prints_one_ready_line_serves_and_stops_everything_on_sigint(tmp_path: object) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        ready = orjson.loads(process.stdout.readline())
+        assert ready["ready"] is True
+        assert set(ready) >= {"http", "kafka", "redis", "write_key", "api_key"}
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert len(children) >= 2  # the broker and the worker
+
+        sent = requests.post(
+            f"{ready['http']}/v1/track",
+            json={"userId": "cli-user", "event": "Product Viewed"},
+            auth=(ready["write_key"], ""),
+            timeout=10,
+        )
+        assert sent.json() == {"success": True}
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if process.poll() is None:
+            process.kill()
