@@ -88,9 +88,11 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _worker(args: argparse.Namespace) -> int:
     from app.settings import Settings, SettingsError
+    from app.topics import check_partitions
 
     try:
         settings = Settings.from_env(os.environ)
+        asyncio.run(check_partitions(settings))
     except SettingsError as error:
         print(f"nudge worker: {error}", file=sys.stderr)
         return 2

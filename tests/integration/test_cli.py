@@ -61,3 +61,26 @@ def test_dev_prints_one_ready_line_serves_and_stops_everything_on_sigint(tmp_pat
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def test_worker_refuses_a_topic_with_another_partition_count(tmp_path: object) -> None:
+    from app.devstack import EmbeddedBroker, create_topic
+
+    broker = EmbeddedBroker()
+    broker.start()
+    try:
+        await create_topic(broker.bootstrap, "nudge.events", 3)
+        env = {
+            **os.environ,
+            "KAFKA_BROKER_URL": f"kafka://{broker.bootstrap}",
+            "NUDGE_WRITE_KEYS": "w",
+            "NUDGE_API_KEYS": "a",
+            "NUDGE_PARTITIONS": "8",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "worker"], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert result.returncode == 2
+        assert "topic nudge.events has 3 partitions but NUDGE_PARTITIONS=8" in result.stderr
+    finally:
+        broker.stop()
