@@ -46,11 +46,13 @@ app = faust.App(
     stream_buffer_maxsize=65536,
 )
 
+# acks=False: Nudge commits this topic's offsets itself, with no holes (app/offsets.py, agents/commit.py).
 events_topic = app.topic(
     settings.events_topic,
     partitions=settings.partitions,
     key_serializer="raw",
     value_serializer="raw",
+    acks=False,
 )
 dlq_topic = app.topic(
     settings.dlq_topic,
@@ -60,6 +62,6 @@ dlq_topic = app.topic(
 )
 
 # Registration: each module declares one thing on ``app``.
-from agents import ingest  # noqa: E402, F401
+from agents import commit, ingest  # noqa: E402, F401
 from app import api, collector  # noqa: E402, F401
 from tables import profiles  # noqa: E402, F401

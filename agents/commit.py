@@ -1,0 +1,38 @@
+"""Commit ``nudge.events`` offsets ourselves: only what was processed without a hole, after the writes it caused.
+
+Faust's own acking is off for the events topic (see :mod:`app.offsets` for why). Every second this timer waits until
+the producer has delivered everything queued so far (changelog batches, DLQ records, forwards), then commits, per
+partition, the offset after the last record processed contiguously -- quix-streams' checkpoint order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from faust.types import TP
+
+from agents.ingest import offsets
+from app.main import app, events_topic
+
+log = logging.getLogger(__name__)
+COMMIT_INTERVAL_S = 1.0
+
+
+@app.timer(COMMIT_INTERVAL_S, name="commit_events_offsets")
+async def commit_events_offsets() -> None:
+    pending = offsets.committable()
+    if not pending:
+        return
+    await app.producer.flush()
+    topic = events_topic.get_topic_name()
+    assigned = app.consumer.assignment()
+    to_commit = {TP(topic, p): o for p, o in pending.items() if TP(topic, p) in assigned}
+    if not to_commit:
+        return
+    try:
+        committed = await app.consumer._commit(to_commit)  # type: ignore[attr-defined]
+    except Exception as error:  # a rebalance may revoke partitions mid-commit: the next owner re-reads, idempotently
+        log.warning("commit of %s failed: %r", to_commit, error)
+        return
+    if committed:
+        offsets.mark_committed({tp.partition: o for tp, o in to_commit.items()})
