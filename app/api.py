@@ -10,8 +10,9 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
+from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
 from app.main import app, settings
@@ -55,5 +56,5 @@ async def get_stats(view: View, request: Request) -> Response:
 
 @app.page("/health")
 async def get_health(view: View, request: Request) -> Response:
-    ready = app.tables.recovery.completed.is_set() and not app.rebalancing
+    ready = cast(TableManager, app.tables).recovery.completed.is_set() and not app.rebalancing
     return view.json({"ready": ready}, status=200 if ready else 503)

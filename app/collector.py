@@ -16,9 +16,10 @@ import base64
 import binascii
 import hmac
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
+from aiohttp import web
 from faust.web import Request, Response, View
 
 from app.batching import PartitionBatcher
@@ -93,7 +94,7 @@ async def _produce(events: list[tuple[int, bytes]]) -> None:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.content_length
+    declared = cast(web.Request, request).content_length
     if declared is not None and declared > limit:
         raise HttpError(413, f"body of {declared} bytes is over the {limit} byte limit")
     chunks: list[bytes] = []

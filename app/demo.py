@@ -29,7 +29,7 @@ async def run(*, rate: float, users: int, bad_share: float) -> None:
                 url=stack.http,
                 write_key=stack.write_key,
                 rate=rate,
-                progress=Progress("sent", stream=_Null()),
+                progress=Progress("sent", stream=None),
             )
         )
         try:
@@ -82,16 +82,6 @@ def _banner(stack: DevStack, user: str) -> str:
             "",
         ]
     )
-
-
-class _Null:
-    """A text stream that drops what it is given (the summary replaces the sender's progress lines)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,8 @@ class Progress:
 
     label: str
     total: int | None = None
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    #: Where progress lines go; ``None`` keeps quiet.
+    stream: TextIO | None = field(default_factory=lambda: sys.stderr)
     done: int = 0
     rejected: int = 0
     _started: float = field(default_factory=time.monotonic)
@@ -48,6 +49,8 @@ class Progress:
         return self.done / max(time.monotonic() - self._started, 1e-9)
 
     def _print(self) -> None:
+        if self.stream is None:
+            return
         total = f"/{self.total:,}" if self.total else ""
         extra = f", {self.rejected:,} rejected" if self.rejected else ""
         print(f"{self.label}: {self.done:,}{total} ({self.rate:,.0f}/s{extra})", file=self.stream, flush=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from faust.types import TP, TableT
+from faust.types import TP, StoreT, TableT
 
 
 class BulkTableWriter:
@@ -72,4 +72,4 @@ class BulkTableWriter:
         # RocksDB remembers the last changelog offset it holds, so recovery only reads what came after it.
         if not fut.cancelled() and fut.exception() is None:
             last_offset = fut.result().offset + count - 1
-            self._table.data.set_persisted_offset(TP(topic, partition), last_offset)
+            cast(StoreT, self._table.data).set_persisted_offset(TP(topic, partition), last_offset)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from faust.tables.table import Table
+
 from app.codecs import encode_key, encode_profile
 from app.main import app, settings
 from tables.changelog import BulkTableWriter
@@ -19,7 +21,7 @@ changelog = app.topic(
     acks=False,
     internal=True,
 )
-profiles = app.Table(
+profiles: Table = app.Table(  # type: ignore[assignment]
     "profiles",
     partitions=settings.partitions,
     changelog_topic=changelog,
