@@ -19,7 +19,7 @@ codecs.register()
 if settings.embedded_broker and settings.broker_url:
     from app import tansu_compat
 
-    tansu_compat.install(settings.broker_url.removeprefix("kafka://"))
+    tansu_compat.install(settings.bootstrap_servers)
 
 app = faust.App(
     settings.app_id,

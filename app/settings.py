@@ -90,6 +90,12 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     @property
+    def bootstrap_servers(self) -> str:
+        """``KAFKA_BROKER_URL`` as aiokafka wants it: ``host:port,host:port``."""
+        assert self.broker_url is not None
+        return self.broker_url.removeprefix("kafka://").replace(";", ",")
+
+    @property
     def web_url(self) -> str:
         return f"http://{self.web_host}:{self.web_port}"
 

@@ -13,9 +13,7 @@ async def check_partitions(settings: Settings) -> None:
     Routing assumes every user-keyed topic has exactly that many partitions: with fewer, events forwarded to
     their user's partition would come back misrouted forever.
     """
-    assert settings.broker_url is not None
-    bootstrap = settings.broker_url.removeprefix("kafka://").replace(";", ",")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
         topics = await consumer.topics()

@@ -111,3 +111,19 @@ async def produce_batched(bootstrap: str, events: list[dict[str, Any]], *, parti
         await batcher.drain()
     finally:
         await producer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """The offset after the last record of each partition, read from fetch responses (Tansu-safe)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from app.tansu_compat import true_end_offsets
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        listed = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in (await true_end_offsets(bootstrap, listed)).items()}

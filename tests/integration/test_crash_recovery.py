@@ -11,6 +11,7 @@ from app.devstack import DevStack
 from app.simulate import simulate_events
 from tables.profile_view import profile_view
 from tests.integration.conftest import (
+    end_offsets,
     expected_profiles,
     fetch_profiles,
     produce_batched,
@@ -55,7 +56,13 @@ async def test_sigkill_mid_stream_ends_with_the_uninterrupted_profiles(stack: De
         diffs = {u: (actual[u], wanted[u]) for u in wanted if actual[u] is None or stable(actual[u]) != wanted[u]}
         user, (got, want) = next(iter(diffs.items()))
         fields = {k: (got.get(k) if got else None, want[k]) for k in want if not got or got.get(k) != want[k]}
-        raise AssertionError(f"{len(diffs)} of {len(wanted)} profiles differ; {user}: {fields}") from None
+        processed = (await stats(stack, restarted.url))["offsets"]
+        ends = await end_offsets(stack.broker.bootstrap, "nudge.events", 8)
+        behind = {p: (processed.get(str(p), [None, None])[1], end - 1) for p, end in ends.items()}
+        raise AssertionError(
+            f"{len(diffs)} of {len(wanted)} profiles differ; {user}: {fields}; "
+            f"last processed vs last offset per partition: {behind}"
+        ) from None
     # The restarted worker re-read records the dead one had applied but not committed, and skipped them.
     assert (await stats(stack, restarted.url))["duplicates"] > 0
 

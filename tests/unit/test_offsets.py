@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from app.offsets import MAX_DROPPED_WHILE_REWINDING, REWIND_AGAIN_EVERY, OffsetTracker, Verdict
+from app.offsets import OffsetTracker, Verdict
 
 
 def run(tracker: OffsetTracker, partition: int, offsets: list[int]) -> list[int]:
-    """Feed offsets as a consumer would deliver them; return the ones processed."""
+    """Feed offsets as a consumer would deliver them; fill holes as the agent does; return what was processed."""
     processed = []
     for offset in offsets:
-        if tracker.check(partition, offset) is Verdict.PROCESS:
-            tracker.processed(partition, offset)
-            processed.append(offset)
+        verdict = tracker.check(partition, offset)
+        if verdict is Verdict.ALREADY_DONE:
+            continue
+        if verdict is Verdict.HOLE:
+            for missing in range(tracker.next_offset(partition), offset):
+                tracker.processed(partition, missing)
+                processed.append(missing)
+        tracker.processed(partition, offset)
+        processed.append(offset)
     return processed
 
 
@@ -23,16 +29,15 @@ def test_contiguous_records_are_processed_and_become_committable() -> None:
     assert tracker.committable() == {}
 
 
-def test_a_hole_rewinds_drops_stale_records_and_resumes_in_order() -> None:
+def test_a_hole_is_reported_before_anything_past_it() -> None:
     """The failure seen live: 87..160 never delivered, the consumer jumped to 161."""
     tracker = OffsetTracker()
     run(tracker, 2, list(range(72, 87)))
-    assert tracker.check(2, 161) is Verdict.REWIND
+    assert tracker.check(2, 161) is Verdict.HOLE
     assert tracker.next_offset(2) == 87
     assert tracker.committable() == {2: 87}  # never past the hole
-    assert run(tracker, 2, [162, 163]) == []  # stale, fetched before the seek
-    assert run(tracker, 2, list(range(87, 170))) == list(range(87, 170))
-    assert tracker.committable() == {2: 170}
+    assert run(tracker, 2, [161, 162]) == [*range(87, 161), 161, 162]
+    assert tracker.committable() == {2: 163}
 
 
 def test_redelivered_records_are_already_done() -> None:
@@ -45,7 +50,7 @@ def test_partitions_are_independent() -> None:
     tracker = OffsetTracker()
     run(tracker, 0, [10, 11])
     assert run(tracker, 1, [500]) == [500]
-    assert tracker.check(0, 13) is Verdict.REWIND
+    assert tracker.check(0, 13) is Verdict.HOLE
     assert tracker.check(1, 501) is Verdict.PROCESS
 
 
@@ -54,14 +59,3 @@ def test_reset_trusts_the_first_record_of_a_new_assignment() -> None:
     run(tracker, 0, [10, 11])
     tracker.reset()
     assert run(tracker, 0, [4]) == [4]
-
-
-def test_a_long_rewind_seeks_again_and_finally_accepts_a_real_hole() -> None:
-    tracker = OffsetTracker()
-    run(tracker, 0, [0])
-    verdicts = [tracker.check(0, 10 + i) for i in range(MAX_DROPPED_WHILE_REWINDING + 2)]
-    assert verdicts[0] is Verdict.REWIND
-    assert verdicts[REWIND_AGAIN_EVERY] is Verdict.REWIND
-    assert verdicts[1] is Verdict.DROP
-    assert verdicts[-1] is Verdict.PROCESS
-    assert tracker.accepted_holes == 1
