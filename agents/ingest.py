@@ -8,6 +8,7 @@ forward events that belong to another partition. Records are processed strictly 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: Processed source offsets; committed by ``agents/commit.py``.
 offsets = OffsetTracker()
+#: Held while a record is checked and processed: the agent and ``agents/catch_up.py`` both process records.
+processing = asyncio.Lock()
 
 
 @app.agent(events_topic, name="ingest")
@@ -34,24 +37,27 @@ async def ingest(stream: Any) -> None:
         if app.consumer_generation_id != generation:
             generation = app.consumer_generation_id
             offsets.reset()
-        verdict = offsets.check(message.partition, message.offset)
-        if verdict is Verdict.ALREADY_DONE:
-            continue
-        if verdict is Verdict.HOLE:
-            await _fill_hole(message.topic, message.partition, message.offset)
-        await _process(message.topic, message.partition, message.offset, message.key, message.value)
+        async with processing:
+            verdict = offsets.check(message.partition, message.offset)
+            if verdict is Verdict.ALREADY_DONE:
+                continue
+            if verdict is Verdict.HOLE:
+                start = offsets.next_offset(message.partition)
+                log.warning("%s/%d: records %d..%d skipped by the consumer; reading them directly",
+                            message.topic, message.partition, start, message.offset - 1)  # fmt: skip
+                await read_directly(message.topic, message.partition, start, message.offset)
+            await _process(message.topic, message.partition, message.offset, message.key, message.value)
 
 
-async def _fill_hole(topic: str, partition: int, offset: int) -> None:
-    start = offsets.next_offset(partition)
-    log.warning(
-        "records %d..%d of %s/%d were skipped by the consumer; reading them", start, offset - 1, topic, partition
-    )
-    missing = await read_range(settings.bootstrap_servers, topic, partition, start, offset)
-    if len(missing) != offset - start:
-        log.error("only %d of records %d..%d of %s/%d exist", len(missing), start, offset - 1, topic, partition)
-    for record in missing:
-        await _process(topic, partition, record.offset, record.key, record.value)
+async def read_directly(topic: str, partition: int, start: int, end: int) -> int:
+    """Read records ``start..end-1`` with a consumer of our own and process them; call with ``processing`` held."""
+    records = await read_range(settings.bootstrap_servers, topic, partition, start, end)
+    if len(records) != end - start:
+        log.error("%s/%d: only %d of records %d..%d exist", topic, partition, len(records), start, end - 1)
+    for record in records:
+        if offsets.check(partition, record.offset) is not Verdict.ALREADY_DONE:
+            await _process(topic, partition, record.offset, record.key, record.value)
+    return len(records)
 
 
 async def _process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:

@@ -62,6 +62,6 @@ dlq_topic = app.topic(
 )
 
 # Registration: each module declares one thing on ``app``.
-from agents import commit, ingest  # noqa: E402, F401
+from agents import catch_up, commit, ingest  # noqa: E402, F401
 from app import api, collector  # noqa: E402, F401
 from tables import profiles  # noqa: E402, F401
