@@ -23,17 +23,18 @@ async def run(*, rate: float, users: int, bad_share: float) -> None:
     async with DevStack(workers=1) as stack:
         sample_user = "u1"
         print(_banner(stack, sample_user), flush=True)
+        sent = Progress("sent", stream=None)
         sender = asyncio.create_task(
             send_http(
                 _live(simulate_events(users=users, events=10_000_000, seed=1, bad_share=bad_share)),
                 url=stack.http,
                 write_key=stack.write_key,
                 rate=rate,
-                progress=Progress("sent", stream=None),
+                progress=sent,
             )
         )
         try:
-            await _summarise(stack, sender)
+            await _summarise(stack, sender, sent)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -49,7 +50,7 @@ def _live(events: Iterator[dict[str, Any] | bytes]) -> Iterator[dict[str, Any] |
         yield event
 
 
-async def _summarise(stack: DevStack, sender: asyncio.Task[Any]) -> None:
+async def _summarise(stack: DevStack, sender: asyncio.Task[Any], sent: Progress) -> None:
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     previous: tuple[float, int] | None = None
     async with aiohttp.ClientSession(headers=headers) as session:
@@ -58,13 +59,15 @@ async def _summarise(stack: DevStack, sender: asyncio.Task[Any]) -> None:
             async with session.get(f"{stack.http}/v1/stats") as response:
                 stats = await response.json()
             now = time.monotonic()
-            rate = 0.0 if previous is None else (stats["events"] - previous[1]) / (now - previous[0])
+            if previous is not None:
+                rate = (stats["events"] - previous[1]) / (now - previous[0])
+                print(
+                    f"{time.strftime('%H:%M:%S')}  {rate:6,.0f} events/s  {stats['folded']:9,} folded  "
+                    f"{stats['profiles']:6,} profiles  {sent.rejected:5,} refused by the collector (400)  "
+                    f"{stats['rejected']:4,} dead-lettered",
+                    flush=True,
+                )
             previous = (now, stats["events"])
-            print(
-                f"{time.strftime('%H:%M:%S')}  {rate:7,.0f} events/s  {stats['folded']:9,} folded  "
-                f"{stats['profiles']:6,} profiles  {stats['rejected']:5,} rejected (DLQ)",
-                flush=True,
-            )
     sender.result()
 
 
