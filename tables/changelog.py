@@ -12,19 +12,17 @@ the idempotent fold (:func:`tables.profile.apply_record`) skips what the changel
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-from faust.types import TP, StoreT, TableT
+from faust.types import TableT
 
 
 class BulkTableWriter:
     """Collects ``(key, value)`` writes for one table and sends them as one batch per changelog partition.
 
-    Call :meth:`put` inside the agent's iteration (the RocksDB store picks the partition from the current event),
-    then :meth:`flush` before acknowledging the source record.
+    Call :meth:`put` for each changed value, then :meth:`flush` before the source record counts as processed.
     """
 
     def __init__(
@@ -64,12 +62,4 @@ class BulkTableWriter:
     async def _send(self, producer: Any, batch: Any, topic: str, partition: int) -> None:
         if batch.record_count() == 0:
             return
-        count = batch.record_count()
-        delivered: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
-        delivered.add_done_callback(lambda fut: self._on_delivered(fut, topic, partition, count))
-
-    def _on_delivered(self, fut: asyncio.Future[Any], topic: str, partition: int, count: int) -> None:
-        # RocksDB remembers the last changelog offset it holds, so recovery only reads what came after it.
-        if not fut.cancelled() and fut.exception() is None:
-            last_offset = fut.result().offset + count - 1
-            cast(StoreT, self._table.data).set_persisted_offset(TP(topic, partition), last_offset)
+        await producer.send_batch(batch, topic, partition=partition)

@@ -40,7 +40,7 @@ def test_every_variable_is_read() -> None:
         env(
             NUDGE_EMBEDDED_BROKER="yes",
             REDIS_URL="redis://localhost:6379/0",
-            NUDGE_STORE="rocksdb://",
+            NUDGE_STORE="memory://",
             NUDGE_DATA_DIR="/var/lib/nudge",
             NUDGE_APP_ID="nudge-test",
             NUDGE_PARTITIONS="16",
@@ -58,7 +58,7 @@ def test_every_variable_is_read() -> None:
         broker_url="kafka://localhost:9092",
         embedded_broker=True,
         redis_url="redis://localhost:6379/0",
-        store="rocksdb://",
+        store="memory://",
         data_dir="/var/lib/nudge",
         app_id="nudge-test",
         partitions=16,
@@ -170,3 +170,7 @@ def test_non_finite_session_timeout_is_refused(value: str) -> None:
 
 def test_log_level_is_case_insensitive() -> None:
     assert Settings.from_env(env(NUDGE_LOG_LEVEL="INFO")).log_level == "info"
+
+
+def test_rocksdb_store_is_refused_until_supported() -> None:
+    assert "only memory:// is supported" in refusal(env(NUDGE_STORE="rocksdb://"))
