@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--limit", type=int, default=None, help="stop after this many events")
     replay.set_defaults(run=_replay)
 
+    evaluate = commands.add_parser("eval", help="intent model quality on real data (progressive validation)")
+    evaluate.add_argument("--rees46", type=Path, default=DEFAULT_REES46, help="REES46 CSV (default: ../shared/data)")
+    evaluate.add_argument("--horizon-s", type=int, default=300, help="purchase horizon in seconds (default 300)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    evaluate.set_defaults(run=_evaluate)
+
     bench = commands.add_parser("bench", help="measure throughput against a plain Faust baseline")
     bench.add_argument("--events", type=int, default=100_000, help="events per run (default 100000)")
     bench.add_argument("--users", type=int, default=20_000, help="distinct users (default 20000)")
@@ -157,6 +163,17 @@ def _send(args: argparse.Namespace, events: Any, *, total: int | None, label: st
         print(f"nudge {label}: pass --http URL --write-key KEY, or --kafka BOOTSTRAP", file=sys.stderr)
         return 2
     progress.finish()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from app.evaluate import evaluate_rees46
+
+    if not args.rees46.exists():
+        print(f"nudge eval: {args.rees46} does not exist (pass --rees46)", file=sys.stderr)
+        return 2
+    result = {"rees46": evaluate_rees46(args.rees46, horizon_ms=args.horizon_s * 1000)}
+    print(orjson.dumps(result, option=0 if args.json else orjson.OPT_INDENT_2).decode())
     return 0
 
 

@@ -14,7 +14,7 @@ import requests
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = ["worker", "dev", "demo", "simulate", "replay", "bench"]
+COMMANDS = ["worker", "dev", "demo", "simulate", "replay", "eval", "bench"]
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])

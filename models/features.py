@@ -1,0 +1,95 @@
+"""Features of a user at the moment of an event: a pure function from profile and event to ``dict[str, float]``.
+
+Every model reads these and only these. Counts, money and durations are ``log1p``-compressed (they are heavy-tailed
+and the models are linear or tree-based on few samples); absent values are 0 with an indicator where absence means
+something (no order yet, no cart).
+
+| feature | meaning |
+|---|---|
+| ``recency_log_days`` | log1p(days since the last order); 0 with ``never_ordered`` = 1 if none |
+| ``orders_log``, ``revenue_log`` | frequency and monetary value |
+| ``session_events_log``, ``session_minutes_log`` | depth and duration of the current session |
+| ``session_top_category_views`` | most views of one category in this session (log1p) |
+| ``views_log``, ``adds_log``, ``checkouts_log`` | lifetime counts of product views, adds to cart, checkouts |
+| ``has_cart``, ``cart_items_log``, ``cart_value_log`` | cart contents |
+| ``cart_idle_log_minutes`` | log1p(minutes since the cart last changed); 0 without a cart |
+| ``returning`` | 1 after the first session |
+| ``mobile`` | 1 if the event's user agent looks mobile |
+| ``hour_sin``, ``hour_cos`` | hour of day (UTC) of the event, on the circle |
+| ``is_view``, ``is_add``, ``is_remove``, ``is_cart_view``, ``is_checkout`` | which event this moment is |
+| ``product_seen_before`` | 1 if the event's product was among the recently viewed before this event |
+| ``price_log`` | log1p of the event's product price |
+"""
+
+from __future__ import annotations
+
+import math
+
+from app.events import Event
+from tables.profile import Profile
+
+DAY_MS = 86_400_000
+MINUTE_MS = 60_000
+_MOBILE_MARKERS = ("Mobile", "Android", "iPhone", "iPad")
+
+
+def features(profile: Profile, event: Event, *, seen_before: bool = False) -> dict[str, float]:
+    """The features of ``profile`` as of ``event`` (already folded into it); reads no clock but the event's.
+
+    ``seen_before``: whether the event's product was in the profile's recently viewed items before this event.
+    """
+    now = event.timestamp_ms
+    session = profile.session
+    counts = profile.event_counts
+    hour = (now % DAY_MS) / 3_600_000
+    has_cart = bool(profile.cart)
+    x = {
+        "recency_log_days": _log((now - profile.last_order_ms) / DAY_MS) if profile.last_order_ms else 0.0,
+        "never_ordered": 0.0 if profile.orders else 1.0,
+        "orders_log": _log(profile.orders),
+        "revenue_log": _log(profile.revenue),
+        "session_events_log": _log(session.events) if session else 0.0,
+        "session_minutes_log": _log((session.last_ms - session.started_ms) / MINUTE_MS) if session else 0.0,
+        "session_top_category_views": _log(max(session.category_views.values(), default=0)) if session else 0.0,
+        "views_log": _log(counts.get("Product Viewed", 0)),
+        "adds_log": _log(counts.get("Product Added", 0)),
+        "checkouts_log": _log(counts.get("Checkout Started", 0)),
+        "has_cart": 1.0 if has_cart else 0.0,
+        "cart_items_log": _log(profile.cart_quantity),
+        "cart_value_log": _log(profile.cart_value),
+        "cart_idle_log_minutes": _log((now - profile.cart_changed_ms) / MINUTE_MS)
+        if has_cart and profile.cart_changed_ms
+        else 0.0,
+        "returning": 1.0 if profile.sessions > 1 else 0.0,
+        "mobile": 1.0 if _is_mobile(event) else 0.0,
+        "hour_sin": math.sin(2 * math.pi * hour / 24),
+        "hour_cos": math.cos(2 * math.pi * hour / 24),
+        "is_view": 1.0 if event.name == "Product Viewed" else 0.0,
+        "is_add": 1.0 if event.name == "Product Added" else 0.0,
+        "is_remove": 1.0 if event.name == "Product Removed" else 0.0,
+        "is_cart_view": 1.0 if event.name == "Cart Viewed" else 0.0,
+        "is_checkout": 1.0 if event.name == "Checkout Started" else 0.0,
+        "product_seen_before": 1.0 if seen_before else 0.0,
+        "price_log": _log(_price(event)),
+    }
+    return x
+
+
+def product_seen_before(profile: Profile | None, event: Event) -> bool:
+    """Whether the event's product is among ``profile``'s recently viewed items (call with the profile before)."""
+    product = event.properties.get("product_id")
+    return profile is not None and product is not None and str(product) in profile.recent_items
+
+
+def _price(event: Event) -> float:
+    price = event.properties.get("price")
+    return float(price) if isinstance(price, (int, float)) and not isinstance(price, bool) else 0.0
+
+
+def _log(value: float) -> float:
+    return math.log1p(max(0.0, value))
+
+
+def _is_mobile(event: Event) -> bool:
+    agent = event.context.get("userAgent")
+    return isinstance(agent, str) and any(marker in agent for marker in _MOBILE_MARKERS)

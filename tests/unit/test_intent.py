@@ -1,0 +1,115 @@
+"""Features, delayed labels, metrics and the intent model's contract."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import random
+
+import pytest
+
+from app.events import Event
+from models import labels
+from models.features import features, product_seen_before
+from models.intent import IntentModel
+from models.metrics import log_loss, roc_auc
+from tables.profile import Profile, fold
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+HORIZON = 300_000
+
+
+def event(name: str, ts: int = T0, **props: object) -> Event:
+    return Event("track", name, "u1", f"m{ts}{name}", ts, props, {"userAgent": "Mozilla/5.0 (iPhone)"})
+
+
+def test_features_describe_the_moment() -> None:
+    profile = Profile(user_id="u1")
+    for step in (
+        event("Product Viewed", T0, product_id="p1", category="shoes", price=20.0),
+        event("Product Added", T0 + 60_000, product_id="p1", price=20.0),
+    ):
+        profile = fold(profile, step)
+    x = features(profile, event("Cart Viewed", T0 + 180_000), seen_before=True)
+    assert x["has_cart"] == 1.0
+    assert x["cart_value_log"] == pytest.approx(math.log1p(20.0))
+    assert x["cart_idle_log_minutes"] == pytest.approx(math.log1p(2.0))
+    assert x["never_ordered"] == 1.0 and x["orders_log"] == 0.0
+    assert x["is_cart_view"] == 1.0 and x["is_view"] == 0.0
+    assert x["mobile"] == 1.0 and x["product_seen_before"] == 1.0
+    assert all(isinstance(v, float) and math.isfinite(v) for v in x.values())
+
+
+def test_product_seen_before_reads_the_profile_before_the_event() -> None:
+    viewed = fold(Profile(user_id="u1"), event("Product Viewed", product_id="p1"))
+    assert product_seen_before(viewed, event("Product Viewed", product_id="p1"))
+    assert not product_seen_before(viewed, event("Product Viewed", product_id="p2"))
+    assert not product_seen_before(None, event("Product Viewed", product_id="p1"))
+
+
+def test_a_purchase_labels_samples_within_the_horizon_positive_and_older_ones_negative() -> None:
+    pending: tuple[labels.Sample, ...] = ()
+    for ts in (T0, T0 + 200_000, T0 + 400_000):
+        pending = labels.add(pending, labels.Sample(ts, {"t": float(ts)}))
+    remaining, resolved = labels.on_purchase(pending, T0 + 450_000, HORIZON)
+    assert [r.label for r in resolved] == [False, True, True]
+    assert remaining == ()
+
+
+def test_samples_expire_negative_once_their_horizon_passes() -> None:
+    pending = (labels.Sample(T0, {}), labels.Sample(T0 + 100_000, {}))
+    remaining, expired = labels.expire(pending, T0 + HORIZON + 1, HORIZON)
+    assert [r.label for r in expired] == [False]
+    assert [s.timestamp_ms for s in remaining] == [T0 + 100_000]
+
+
+def test_pending_samples_are_bounded() -> None:
+    pending: tuple[labels.Sample, ...] = ()
+    for i in range(1000):
+        pending = labels.add(pending, labels.Sample(T0 + i, {}))
+    assert len(pending) == labels.MAX_PENDING
+    assert pending[-1].timestamp_ms == T0 + 999
+
+
+def test_roc_auc_is_exact_with_ties() -> None:
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
+    assert roc_auc([0.5, 0.5], [False, True]) == 0.5
+    assert math.isnan(roc_auc([0.2, 0.3], [True, True]))
+    assert log_loss([0.9, 0.1], [True, False]) == pytest.approx(-math.log(0.9))
+
+
+def _samples(seed: int, n: int = 400) -> list[tuple[dict[str, float], bool]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        x = {"signal": rng.random(), "noise": rng.random()}
+        out.append((x, x["signal"] + rng.gauss(0, 0.1) > 0.6))
+    return out
+
+
+def test_the_intent_model_learns_a_signal_online() -> None:
+    model = IntentModel()
+    data = _samples(1, 2000)
+    for x, y in data:
+        model.learn(x, y)
+    test = _samples(2)
+    assert roc_auc([model.score(x) for x, _ in test], [y for _, y in test]) > 0.9
+    assert model.version == 2000
+
+
+def test_the_intent_model_keeps_the_model_contract() -> None:
+    """Pickles, does not mutate its input, tolerates new and missing features, is reproducible."""
+    first, second = IntentModel(), IntentModel()
+    for x, y in _samples(3):
+        frozen = copy.deepcopy(x)
+        first.learn(x, y)
+        second.learn(x, y)
+        assert x == frozen
+    probe = {"signal": 0.9, "noise": 0.1}
+    assert first.score(probe) == second.score(probe)
+    restored = pickle.loads(pickle.dumps(first))
+    assert restored.score(probe) == first.score(probe) and restored.version == first.version
+    assert 0.0 <= first.score({"signal": 0.9, "brand_new": 3.0}) <= 1.0
+    assert 0.0 <= first.score({}) <= 1.0
+    first.learn({"brand_new": 1.0}, True)
