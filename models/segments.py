@@ -1,0 +1,120 @@
+"""Declared segments: a YAML file of named conditions, loaded strictly, evaluated on every profile change.
+
+    segments:
+      category_binge:
+        description: more than 5 product views in one category this session
+        when: session_top_category_views > 5
+
+A bad file is refused as a whole with ``file:line: reason`` (:class:`SegmentFileError`); the caller keeps serving the
+version it has. Conditions use :mod:`models.expressions` over the variables the caller names as ``known``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from models.expressions import Expression, ExpressionError, compile_expression
+
+MAX_FILE_BYTES = 1_000_000
+MAX_SEGMENTS = 1_000
+_SEGMENT_KEYS = {"when", "description"}
+
+
+class SegmentFileError(ValueError):
+    """The segment file is refused; ``str(error)`` starts with ``file:line:``."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    condition: Expression
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SegmentSet:
+    """One loaded version of the segment file."""
+
+    version: str
+    segments: tuple[Segment, ...]
+
+    def memberships(self, variables: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset(s.name for s in self.segments if s.condition.holds(variables))
+
+
+def transitions(before: frozenset[str], after: frozenset[str]) -> tuple[list[str], list[str]]:
+    """Segments entered and exited between two membership sets, sorted by name."""
+    return sorted(after - before), sorted(before - after)
+
+
+def load_segments(text: str, *, source: str, known: Collection[str]) -> SegmentSet:
+    """Parse and compile a segment file, or raise :class:`SegmentFileError` naming the line at fault."""
+    if len(text.encode()) > MAX_FILE_BYTES:
+        raise SegmentFileError(f"{source}:1: the file is over {MAX_FILE_BYTES} bytes")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        line = error.problem_mark.line + 1 if getattr(error, "problem_mark", None) else 1  # type: ignore[attr-defined]
+        raise SegmentFileError(f"{source}:{line}: not valid YAML: {getattr(error, 'problem', error)}") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise SegmentFileError(f"{source}:1: expected a mapping with a 'segments' key")
+    top = _pairs(root, source)
+    unknown = set(top) - {"segments"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SegmentFileError(f"{source}:{_line(top[key][0])}: unknown top-level key {key!r}")
+    if "segments" not in top:
+        raise SegmentFileError(f"{source}:1: missing 'segments'")
+    body = top["segments"][1]
+    if not isinstance(body, yaml.MappingNode):
+        raise SegmentFileError(f"{source}:{_line(body)}: 'segments' must map names to segments")
+    entries = _pairs(body, source)
+    if len(entries) > MAX_SEGMENTS:
+        raise SegmentFileError(f"{source}:{_line(body)}: more than {MAX_SEGMENTS} segments")
+    segments = tuple(_segment(name, key, value, source, known) for name, (key, value) in entries.items())
+    version = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return SegmentSet(version, segments)
+
+
+def _segment(name: str, key: yaml.Node, node: yaml.Node, source: str, known: Collection[str]) -> Segment:
+    where = f"{source}:{_line(key)}: segment {name!r}"
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise SegmentFileError(f"{where}: a name may hold only letters, digits, '_' and '-'")
+    if not isinstance(node, yaml.MappingNode):
+        raise SegmentFileError(f"{where}: expected a mapping with 'when'")
+    fields = _pairs(node, source)
+    unknown = set(fields) - _SEGMENT_KEYS
+    if unknown:
+        field = sorted(unknown)[0]
+        raise SegmentFileError(f"{source}:{_line(fields[field][0])}: segment {name!r}: unknown key {field!r}")
+    if "when" not in fields:
+        raise SegmentFileError(f"{where}: missing 'when'")
+    when = fields["when"][1]
+    if not isinstance(when, yaml.ScalarNode) or when.tag != "tag:yaml.org,2002:str":
+        raise SegmentFileError(f"{source}:{_line(when)}: segment {name!r}: 'when' must be a string")
+    try:
+        condition = compile_expression(when.value, known=known)
+    except ExpressionError as error:
+        raise SegmentFileError(f"{source}:{_line(when)}: segment {name!r}: {error}") from None
+    description = fields["description"][1].value if "description" in fields else ""
+    return Segment(name, condition, str(description))
+
+
+def _pairs(node: yaml.MappingNode, source: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    pairs: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            raise SegmentFileError(f"{source}:{_line(key)}: keys must be plain names")
+        if key.value in pairs:
+            raise SegmentFileError(f"{source}:{_line(key)}: {key.value!r} appears twice")
+        pairs[key.value] = (key, value)
+    return pairs
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
