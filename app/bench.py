@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,6 +113,7 @@ async def _run_baseline(corpus: list[bytes]) -> float:
         process.wait(timeout=20)
         log.close()
         broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _produce_batched(bootstrap: str, corpus: list[bytes]) -> None:

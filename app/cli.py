@@ -137,7 +137,6 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from app.replay import rees46_events
-    from app.sending import paced
 
     if not args.file.exists():
         print(f"nudge replay: {args.file} does not exist (pass --file)", file=sys.stderr)
@@ -145,20 +144,19 @@ def _replay(args: argparse.Namespace) -> int:
     events: Any = rees46_events(args.file)
     if args.limit is not None:
         events = (e for i, e in enumerate(events) if i < args.limit)
-    if args.speed > 0:
-        args.rate = 0
-        events = paced(events, speed=args.speed)
-    return _send(args, events, total=args.limit, label="replay")
+    return _send(args, events, total=args.limit, label="replay", speed=args.speed)
 
 
-def _send(args: argparse.Namespace, events: Any, *, total: int | None, label: str) -> int:
+def _send(args: argparse.Namespace, events: Any, *, total: int | None, label: str, speed: float = 0) -> int:
     from app.sending import Progress, send_http, send_kafka
 
     progress = Progress(label, total=total)
     if args.kafka:
         asyncio.run(send_kafka(events, bootstrap=args.kafka, topic=args.topic, rate=args.rate, progress=progress))
     elif args.http and args.write_key:
-        asyncio.run(send_http(events, url=args.http, write_key=args.write_key, rate=args.rate, progress=progress))
+        asyncio.run(
+            send_http(events, url=args.http, write_key=args.write_key, rate=args.rate, progress=progress, speed=speed)
+        )
     else:
         print(f"nudge {label}: pass --http URL --write-key KEY, or --kafka BOOTSTRAP", file=sys.stderr)
         return 2

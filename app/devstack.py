@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -191,6 +192,8 @@ class DevStack:
     api_key: str = field(default_factory=lambda: "ak_" + secrets.token_urlsafe(16))
     partitions: int = 8
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Keep ``root`` (logs, state) after a clean exit; it is always kept after a failure, for its logs.
+    keep_files: bool = False
     broker: EmbeddedBroker = field(init=False)
     redis: EmbeddedRedis = field(default_factory=EmbeddedRedis)
     nodes: list[Worker] = field(default_factory=list)
@@ -207,6 +210,9 @@ class DevStack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+        stopped_by_user = exc_type is not None and issubclass(exc_type, (asyncio.CancelledError, KeyboardInterrupt))
+        if not self.keep_files and (exc_type is None or stopped_by_user):
+            shutil.rmtree(self.root, ignore_errors=True)
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

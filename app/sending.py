@@ -72,19 +72,22 @@ class Pacer:
                 await asyncio.sleep(delay)
 
 
-def paced(events: Iterable[dict[str, Any]], *, speed: float) -> Iterator[dict[str, Any]]:
-    """Yield events as they happened in event time, ``speed`` times faster (blocking: for CLI replays)."""
-    from app.events import parse_timestamp
+class EventTimePacer:
+    """Sleeps so that events go out as they happened in event time, ``speed`` times faster."""
 
-    origin: tuple[int, float] | None = None
-    for event in events:
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self._origin: tuple[int, float] | None = None
+
+    async def wait_for(self, event: dict[str, Any]) -> None:
+        from app.events import parse_timestamp
+
         stamp = parse_timestamp(event["timestamp"], field="timestamp")
-        if origin is None:
-            origin = (stamp, time.monotonic())
-        delay = origin[1] + (stamp - origin[0]) / 1000 / speed - time.monotonic()
+        if self._origin is None:
+            self._origin = (stamp, time.monotonic())
+        delay = self._origin[1] + (stamp - self._origin[0]) / 1000 / self.speed - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
-        yield event
+            await asyncio.sleep(delay)
 
 
 def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -102,11 +105,14 @@ async def send_http(
     batch_size: int = 100,
     progress: Progress | None = None,
     concurrency: int = 4,
+    speed: float = 0,
 ) -> tuple[int, int]:
     """POST events to the collector in ``/v1/batch`` requests; malformed ``bytes`` items go alone to ``/v1/track``.
 
+    ``speed`` > 0 paces by the events' own timestamps instead of ``rate`` (a replay at ``speed`` times real time).
     Returns ``(accepted, rejected)`` as the collector reported them.
     """
+    clock = EventTimePacer(speed) if speed > 0 else None
     auth = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
     headers = {"Authorization": auth, "Content-Type": "application/json"}
     pacer = Pacer(rate)
@@ -132,6 +138,8 @@ async def send_http(
         tasks: set[asyncio.Task[None]] = set()
         for chunk in chunks(events, batch_size):
             good = [e for e in chunk if isinstance(e, dict)]
+            if clock is not None and good:
+                await clock.wait_for(good[0])
             for raw in (e for e in chunk if isinstance(e, bytes)):
                 tasks.add(asyncio.create_task(post(session, "/v1/track", raw, 1)))
             if good:
