@@ -18,6 +18,9 @@ from typing import Any
 
 import orjson
 
+DEFAULT_UCI = (
+    Path(__file__).resolve().parent.parent.parent / "shared/data/uci-online-shoppers/online_shoppers_intention.csv"
+)
 DEFAULT_REES46 = Path(__file__).resolve().parent.parent.parent / "shared/data/rees46-2019-oct-head/2019-Oct.csv"
 
 
@@ -71,7 +74,11 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="intent model quality on real data (progressive validation)")
     evaluate.add_argument("--rees46", type=Path, default=DEFAULT_REES46, help="REES46 CSV (default: ../shared/data)")
+    evaluate.add_argument("--uci", type=Path, default=DEFAULT_UCI, help="UCI Online Shoppers CSV (default: ../shared)")
     evaluate.add_argument("--horizon-s", type=int, default=300, help="purchase horizon in seconds (default 300)")
+    evaluate.add_argument(
+        "--model", choices=["logistic", "forest"], default="logistic", help="intent model kind (default logistic)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.set_defaults(run=_evaluate)
 
@@ -165,12 +172,17 @@ def _send(args: argparse.Namespace, events: Any, *, total: int | None, label: st
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from app.evaluate import evaluate_rees46
+    from app.evaluate import evaluate_rees46, evaluate_uci
 
-    if not args.rees46.exists():
-        print(f"nudge eval: {args.rees46} does not exist (pass --rees46)", file=sys.stderr)
-        return 2
-    result = {"rees46": evaluate_rees46(args.rees46, horizon_ms=args.horizon_s * 1000)}
+    for path, flag in ((args.rees46, "--rees46"), (args.uci, "--uci")):
+        if not path.exists():
+            print(f"nudge eval: {path} does not exist (pass {flag})", file=sys.stderr)
+            return 2
+    result = {
+        "model": args.model,
+        "rees46": evaluate_rees46(args.rees46, horizon_ms=args.horizon_s * 1000, kind=args.model),
+        "uci": evaluate_uci(args.uci, kind=args.model),
+    }
     print(orjson.dumps(result, option=0 if args.json else orjson.OPT_INDENT_2).decode())
     return 0
 

@@ -1,5 +1,8 @@
 """``nudge eval``: the intent model's quality on real data, by progressive validation (score before learning).
 
+UCI Online Shoppers: one row is one finished session (label ``Revenue``); rows are shuffled with a fixed seed and
+streamed through the same model class, with session-summary features (:func:`uci_features`). Baseline: PageValues.
+
 REES46: the events are folded into profiles with the pipeline's own fold, scored with its own features and model at
 every browsing event, and labelled late (a purchase by the same user within the horizon, else negative), exactly as
 the live system does. Baseline: "has a cart in this session". Samples whose horizon runs past the end of the sample
@@ -8,7 +11,10 @@ are left out (their label is unknown).
 
 from __future__ import annotations
 
+import csv
 import heapq
+import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,7 @@ from app.events import to_event
 from app.replay import rees46_events
 from models import labels
 from models.features import features, product_seen_before
-from models.intent import IntentModel
+from models.intent import IntentModel, Kind
 from models.metrics import log_loss, roc_auc
 from tables.profile import Profile, fold
 
@@ -49,8 +55,8 @@ class Progressive:
         }
 
 
-def evaluate_rees46(path: str | Path, *, horizon_ms: int = 300_000) -> dict[str, Any]:
-    model = IntentModel()
+def evaluate_rees46(path: str | Path, *, horizon_ms: int = 300_000, kind: Kind = "logistic") -> dict[str, Any]:
+    model = IntentModel(kind)
     profiles: dict[str, Profile] = {}
     pending: dict[str, tuple[labels.Sample, ...]] = {}
     deadlines: list[tuple[int, str]] = []
@@ -88,3 +94,39 @@ def has_cart_this_session(profile: Profile) -> float:
     session = profile.session
     changed = profile.cart_changed_ms
     return 1.0 if profile.cart and session and changed and changed >= session.started_ms else 0.0
+
+
+_MONTHS = {
+    m: float(i)
+    for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "June", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"))
+}
+
+
+def uci_features(row: dict[str, str]) -> dict[str, float]:
+    """Session-summary features of one UCI row: heavy-tailed counts and durations log1p-compressed."""
+    return {
+        "page_values_log": math.log1p(float(row["PageValues"])),
+        "exit_rate": float(row["ExitRates"]),
+        "bounce_rate": float(row["BounceRates"]),
+        "product_pages_log": math.log1p(float(row["ProductRelated"])),
+        "product_seconds_log": math.log1p(max(float(row["ProductRelated_Duration"]), 0.0)),
+        "admin_pages_log": math.log1p(float(row["Administrative"])),
+        "admin_seconds_log": math.log1p(max(float(row["Administrative_Duration"]), 0.0)),
+        "month": _MONTHS.get(row["Month"], -1.0),
+        "new_visitor": 1.0 if row["VisitorType"] == "New_Visitor" else 0.0,
+    }
+
+
+def evaluate_uci(path: str | Path, *, kind: Kind = "logistic", seed: int = 42) -> dict[str, Any]:
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    random.Random(seed).shuffle(rows)
+    model = IntentModel(kind)
+    progress = Progressive()
+    for row in rows:
+        x = uci_features(row)
+        label = row["Revenue"] == "TRUE"
+        sample = labels.Sample(0, x, score=model.score(x), baseline=float(row["PageValues"]))
+        progress.add(labels.Resolved(sample, label))
+        model.learn(x, label)
+    return progress.summary()

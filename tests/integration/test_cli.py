@@ -84,3 +84,15 @@ async def test_worker_refuses_a_topic_with_another_partition_count(tmp_path: obj
         assert "topic nudge.events has 3 partitions but NUDGE_PARTITIONS=8" in result.stderr
     finally:
         broker.stop()
+
+
+def test_eval_reports_progressive_auc_on_the_real_data() -> None:
+    """`nudge eval` streams REES46 and UCI through the intent model; on UCI it must beat the PageValues baseline."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "eval", "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["rees46"]["scored"] > 10_000 and report["rees46"]["positives"] > 100
+    assert report["uci"]["scored"] == 12_330 and report["uci"]["positives"] == 1_908
+    assert 0.5 < report["uci"]["baseline_auc"] < report["uci"]["intent_auc"] <= 1.0

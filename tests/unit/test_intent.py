@@ -113,3 +113,29 @@ def test_the_intent_model_keeps_the_model_contract() -> None:
     assert 0.0 <= first.score({"signal": 0.9, "brand_new": 3.0}) <= 1.0
     assert 0.0 <= first.score({}) <= 1.0
     first.learn({"brand_new": 1.0}, True)
+
+
+def test_uci_rows_become_finite_session_features() -> None:
+    from app.evaluate import uci_features
+
+    row = {
+        "PageValues": "12.5",
+        "ExitRates": "0.02",
+        "BounceRates": "0.0",
+        "ProductRelated": "30",
+        "ProductRelated_Duration": "-1",
+        "Administrative": "2",
+        "Administrative_Duration": "40.5",
+        "Month": "Nov",
+        "VisitorType": "New_Visitor",
+    }
+    x = uci_features(row)
+    assert x["page_values_log"] == pytest.approx(math.log1p(12.5))
+    assert x["product_seconds_log"] == 0.0  # negative durations in the data are clamped
+    assert x["month"] == 10.0 and x["new_visitor"] == 1.0
+    assert all(math.isfinite(v) for v in x.values())
+
+
+def test_unknown_model_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown intent model kind"):
+        IntentModel("magic")  # type: ignore[arg-type]
