@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -85,8 +84,3 @@ def _banner(stack: DevStack, user: str) -> str:
             "",
         ]
     )
-
-
-if __name__ == "__main__":  # pragma: no cover
-    asyncio.run(run(rate=400, users=2000, bad_share=0.01))
-    sys.exit(0)

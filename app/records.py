@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from app.events import Event, InvalidEvent, decode_record, encode_event, event_from, normalise
+from app.events import Event, InvalidEvent, decode_record, encode_event, event_from, validate
 from app.partitioning import partition_for
 
 
@@ -46,8 +46,8 @@ def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms
     assert value is not None  # decode_record refuses a missing value
     for item in items:
         try:
-            normalised = normalise(item, now_ms=now_ms)
-            event = event_from(normalised)
+            normalised, timestamp_ms = validate(item, now_ms=now_ms)
+            event = event_from(normalised, timestamp_ms)
             if partition_for(event.user_id, partitions) != partition:
                 # Forward the normalised form: its messageId and timestamp are fixed, so a second forward
                 # after a crash is recognised as a duplicate.

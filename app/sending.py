@@ -80,9 +80,9 @@ class EventTimePacer:
         self._origin: tuple[int, float] | None = None
 
     async def wait_for(self, event: dict[str, Any]) -> None:
-        from app.events import parse_timestamp
+        from app.replay import event_time_ms
 
-        stamp = parse_timestamp(event["timestamp"], field="timestamp")
+        stamp = event_time_ms(event)
         if self._origin is None:
             self._origin = (stamp, time.monotonic())
         delay = self._origin[1] + (stamp - self._origin[0]) / 1000 / self.speed - time.monotonic()

@@ -19,6 +19,7 @@ from app.batching import PartitionBatcher
 from app.devstack import DevStack, create_topic
 from app.events import to_event, user_key
 from app.partitioning import partition_for
+from app.sending import Pacer, chunks
 from tables.profile import Profile, fold
 
 pytestmark = pytest.mark.integration
@@ -99,15 +100,10 @@ async def produce_batched(bootstrap: str, events: list[dict[str, Any]], *, parti
             return await producer.send("nudge.events", value, partition=partition)
 
         batcher = PartitionBatcher(send, linger_s=0.005)
-        chunk = 100
-        started = time.monotonic()
-        for start in range(0, len(events), chunk):
-            part = events[start : start + chunk]
+        pacer = Pacer(rate)
+        for part in chunks(events, 100):
             await batcher.submit((partition_for(user_key(e), partitions), orjson.dumps(e)) for e in part)
-            if rate:
-                delay = started + (start + chunk) / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            await pacer.advance(len(part))
         await batcher.drain()
     finally:
         await producer.stop()
