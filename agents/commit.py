@@ -1,8 +1,9 @@
 """Commit ``nudge.events`` offsets ourselves: only what was processed without a hole, after the writes it caused.
 
 Faust's own acking is off for the events topic (see :mod:`app.offsets` for why). Every second this timer waits until
-the producer has delivered everything queued so far (changelog batches, DLQ records, forwards), then commits, per
-partition, the offset after the last record processed contiguously -- quix-streams' checkpoint order.
+the producer has delivered everything queued so far (changelog batches, DLQ records, forwards, and the snapshots of
+models that learned since the last commit), then commits, per partition, the offset after the last record
+processed contiguously -- quix-streams' checkpoint order.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import logging
 
 from faust.types import TP
 
-from agents.ingest import offsets
+from agents.ingest import offsets, pipeline, processing
 from app.main import app, events_topic
+from tables.models import snapshot_writer
 
 log = logging.getLogger(__name__)
 COMMIT_INTERVAL_S = 1.0
@@ -21,9 +23,18 @@ COMMIT_INTERVAL_S = 1.0
 @app.timer(COMMIT_INTERVAL_S, name="commit_events_offsets")
 async def commit_events_offsets() -> None:
     pending = offsets.committable()
-    if not pending:
+    async with processing:
+        held = pipeline.held
+        snapshots = {p: s for p, s in pipeline.learning.snapshots().items() if p in held}
+        for partition, (_, snapshot) in snapshots.items():
+            snapshot_writer.put(str(partition), snapshot, partition=partition)
+        await snapshot_writer.flush()
+    if not pending and not snapshots:
         return
     await app.producer.flush()
+    pipeline.learning.delivered({p: learned for p, (learned, _) in snapshots.items()})
+    if not pending:
+        return
     topic = events_topic.get_topic_name()
     assigned = app.consumer.assignment()
     to_commit = {TP(topic, p): o for p, o in pending.items() if TP(topic, p) in assigned}

@@ -1,9 +1,9 @@
-"""The ingest agent: every record on ``nudge.events``, from any producer, into live profiles.
+"""The ingest agent: every record on ``nudge.events``, from any producer, into live profiles, scores and segments.
 
-Per record: validate and sort its events (:func:`app.records.split_record`), fold each user's events once
-(:func:`tables.profile.apply_record`), write every touched profile once, send rejects to the dead-letter topic and
-forward events that belong to another partition. Records are processed strictly in offset order per partition
-(:mod:`app.offsets`). Nothing here raises on input: a bad record costs a DLQ entry.
+Per record: validate and sort its events (:func:`app.records.split_record`), fold, score and segment each user's
+events once (:class:`app.pipeline.Pipeline`), write every touched profile and insight once, send rejects to the
+dead-letter topic and forward events that belong to another partition. Records are processed strictly in offset
+order per partition (:mod:`app.offsets`). Nothing here raises on input: a bad record costs a DLQ entry.
 """
 
 from __future__ import annotations
@@ -13,11 +13,19 @@ import logging
 import time
 from typing import Any
 
-from app.main import app, dlq_topic, events_topic, settings
+from redis.asyncio import Redis
+
+from app.deadlines import PartitionClocks
+from app.learning import Learning
+from app.main import app, dlq_topic, events_topic, segments_topic, settings
 from app.offsets import OffsetTracker, Verdict, read_range
+from app.pipeline import Pipeline
+from app.read_model import ReadModel
 from app.records import split_record
+from app.rules import Rules
 from app.stats import ingest_stats
-from tables.profile import apply_record
+from tables.insights import insight_writer, insights
+from tables.models import model_snapshots
 from tables.profiles import profile_writer, profiles
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,26 @@ log = logging.getLogger(__name__)
 offsets = OffsetTracker()
 #: Held while a record is checked and processed: the agent and ``agents/catch_up.py`` both process records.
 processing = asyncio.Lock()
+#: Rule files in service; ``agents/reload.py`` reloads them when they change.
+rules = Rules(settings.segments_file, settings.content_file)
+assert settings.redis_url is not None
+read_model = ReadModel(Redis.from_url(settings.redis_url), prefix=settings.app_id, ttl_s=settings.read_model_ttl_s)
+pipeline = Pipeline(
+    app=app,
+    events_topic=events_topic,
+    segments_topic=segments_topic,
+    profiles=profiles,
+    profile_writer=profile_writer,
+    insights=insights,
+    insight_writer=insight_writer,
+    model_snapshots=model_snapshots,
+    learning=Learning(kind=settings.intent_model, secret=settings.secret.encode()),  # type: ignore[arg-type]
+    rules=rules,
+    read_model=read_model,
+    clocks=PartitionClocks(settings.clock),
+    partitions=settings.partitions,
+    horizon_ms=settings.label_horizon_ms,
+)
 
 
 @app.agent(events_topic, name="ingest")
@@ -62,13 +90,8 @@ async def read_directly(topic: str, partition: int, start: int, end: int) -> int
 
 async def _process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
     plan = split_record(value, partition=partition, partitions=settings.partitions, now_ms=int(time.time() * 1000))
-    folded = 0
-    for user_id, user_events in plan.by_user.items():
-        updated = apply_record(profiles.data.get(user_id), user_id, user_events, partition=partition, offset=offset)
-        if updated is not None:
-            profile_writer.put(user_id, updated, partition=partition)
-            folded += len(user_events)
-    await profile_writer.flush()
+    folded = await pipeline.process(plan.by_user, partition=partition, offset=offset)
+    await pipeline.flush()
     for reject in plan.rejects:
         await dlq_topic.send(
             key=key,

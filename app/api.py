@@ -1,7 +1,8 @@
-"""The read API: profiles, worker stats and health.
+"""The read API: profiles, decisions, models, worker stats and health.
 
-``GET /v1/users/{id}/profile`` is answered by whichever worker owns the user's partition: Faust's table routing
-forwards the request there. Every route but ``/health`` needs ``Authorization: Bearer <api key>``.
+``GET /v1/users/{id}/profile`` and ``GET /v1/users/{id}/decision`` are answered by whichever worker owns the user's
+partition: Faust's table routing forwards the request there. ``GET /v1/models`` describes the models of the
+partitions this worker holds. Every route but ``/health`` needs ``Authorization: Bearer <api key>``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from typing import Any, cast
 from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
+from agents.ingest import pipeline, read_model, rules
 from app.main import app, settings
+from app.partitioning import partition_for
 from app.stats import ingest_stats
+from models.insight import Insight
+from models.partition import summarize
+from tables.insights import insights
 from tables.profile_view import profile_view
 from tables.profiles import profiles
 
@@ -46,6 +52,65 @@ async def get_profile(view: View, request: Request, user_id: str) -> Response:
     if profile is None:
         return view.json({"error": f"no profile for user {user_id!r}"}, status=404)
     return view.json(profile_view(profile, now_ms=int(time.time() * 1000)))
+
+
+@app.page("/v1/users/{user_id}/decision")
+@requires_api_key
+@app.table_route(table=insights, match_info="user_id")
+async def get_decision(view: View, request: Request, user_id: str) -> Response:
+    """What this user should see now: segments, cluster, intent score and the content blocks of their segments."""
+    return view.json(decision(user_id, insights.data.get(user_id)))
+
+
+def decision(user_id: str, insight: Insight | None) -> dict[str, Any]:
+    segments = insight.segments if insight else ()
+    cluster = None
+    if insight is not None and insight.cluster is not None:
+        models = pipeline.learning.models.get(partition_for(user_id, settings.partitions))
+        described = models.clusters.describe() if models else []
+        summary = next((c["summary"] for c in described if c["cluster"] == insight.cluster), None)
+        cluster = {"id": insight.cluster, "summary": summary}
+    intent = None
+    if insight is not None and insight.intent is not None:
+        intent = {"score": round(insight.intent, 4), "model": insight.model_version, "as_of_ms": insight.as_of_ms}
+    return {
+        "user_id": user_id,
+        "known": insight is not None,
+        "segments": list(segments),
+        "cluster": cluster,
+        "intent": intent,
+        "content": rules.content.current.blocks_for(segments),
+        "versions": {"segments": rules.segments.current.version, "content": rules.content.current.version},
+    }
+
+
+@app.page("/v1/models")
+@requires_api_key
+async def get_models(view: View, request: Request) -> Response:
+    """The models of the partitions this worker holds, with progressive metrics against the has-cart baseline."""
+    held = pipeline.learning.models
+    pooled = summarize(row for models in held.values() for row in models.progress.resolved)
+    return view.json(
+        {
+            "worker": settings.web_url,
+            "intent_model": settings.intent_model,
+            "label_horizon_s": settings.label_horizon_s,
+            "clock": settings.clock,
+            "baseline": "has a cart changed in the current session",
+            "pooled": pooled,
+            "partitions": {
+                str(p): {**models.describe(), "snapshot_learned": pipeline.learning.snapshotted.get(p)}
+                for p, models in sorted(held.items())
+            },
+            "segments": {
+                **rules.segments.status(),
+                "segments": {s.name: s.description for s in rules.segments.current.segments},
+                "changes_emitted": pipeline.segment_changes,
+            },
+            "content": rules.content.status(),
+            "read_model": {"written": read_model.written},
+        }
+    )
 
 
 @app.page("/v1/stats")

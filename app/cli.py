@@ -100,13 +100,15 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from app.rules import Rules
     from app.settings import Settings, SettingsError
     from app.topics import check_partitions
 
     try:
         settings = Settings.from_env(os.environ)
+        Rules(settings.segments_file, settings.content_file)  # refuse bad rule files before joining the group
         asyncio.run(check_partitions(settings))
-    except SettingsError as error:
+    except (SettingsError, ValueError, OSError) as error:
         print(f"nudge worker: {error}", file=sys.stderr)
         return 2
     from app.main import app

@@ -1,4 +1,4 @@
-"""Faust codecs for table keys and profile values.
+"""Faust codecs for table keys, profile and insight values.
 
 ``utf8`` keys make Faust's table routing hash the same bytes as every other producer keying by user id (see
 :mod:`app.partitioning`). ``profile`` values are orjson-encoded :class:`tables.profile.Profile` dataclasses; the
@@ -12,6 +12,9 @@ from typing import Any
 import orjson
 from faust.serializers import codecs
 
+from models.features import FEATURE_NAMES
+from models.insight import Insight
+from models.labels import Sample
 from tables.profile import Profile
 
 
@@ -25,6 +28,54 @@ def encode_profile(profile: Profile) -> bytes:
 
 def decode_profile(data: bytes) -> Profile:
     return Profile.from_dict(orjson.loads(data))
+
+
+_DENSE = frozenset(FEATURE_NAMES)
+
+
+def encode_insight(insight: Insight) -> bytes:
+    """Samples are stored as ``[time, score, baseline, [values in FEATURE_NAMES order], {other features}]``.
+
+    A third the size of feature dictionaries; the others are the sparse one-hot features that are present only when on.
+    """
+    return orjson.dumps(
+        {
+            "intent": insight.intent,
+            "model_version": insight.model_version,
+            "segments": insight.segments,
+            "cluster": insight.cluster,
+            "pending": [
+                [
+                    s.timestamp_ms,
+                    s.score,
+                    s.baseline,
+                    [round(s.features.get(n, 0.0), 5) for n in FEATURE_NAMES],
+                    {k: v for k, v in s.features.items() if k not in _DENSE},
+                ]
+                for s in insight.pending
+            ],
+            "recheck_ms": insight.recheck_ms,
+            "as_of_ms": insight.as_of_ms,
+        }
+    )
+
+
+def decode_insight(data: bytes) -> Insight:
+    raw = orjson.loads(data)
+    pending = tuple(
+        Sample(ts, {**dict(zip(FEATURE_NAMES, values, strict=True)), **sparse}, score, baseline)
+        for ts, score, baseline, values, sparse in raw["pending"]
+        if len(values) == len(FEATURE_NAMES)  # written before the feature set changed: unusable, dropped
+    )
+    return Insight(
+        intent=raw["intent"],
+        model_version=raw["model_version"],
+        segments=tuple(raw["segments"]),
+        cluster=raw["cluster"],
+        pending=pending,
+        recheck_ms=raw["recheck_ms"],
+        as_of_ms=raw["as_of_ms"],
+    )
 
 
 class Utf8Codec(codecs.Codec):
@@ -43,7 +94,16 @@ class ProfileCodec(codecs.Codec):
         return decode_profile(s)
 
 
+class InsightCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return encode_insight(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return decode_insight(s)
+
+
 def register() -> None:
     """Make the codecs known to Faust by name; idempotent."""
     codecs.register("utf8", Utf8Codec())
     codecs.register("profile", ProfileCodec())
+    codecs.register("insight", InsightCodec())

@@ -25,6 +25,8 @@ from typing import Any
 import aiohttp
 
 READY_TIMEOUT_S = 60.0
+#: The checkout the stack runs from: its segment file and content map are the defaults.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -190,6 +192,10 @@ class DevStack:
     root: Path = field(default_factory=lambda: Path("var") / f"dev-{os.getpid()}-{secrets.token_hex(3)}")
     write_key: str = field(default_factory=lambda: "wk_" + secrets.token_urlsafe(16))
     api_key: str = field(default_factory=lambda: "ak_" + secrets.token_urlsafe(16))
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    #: Names the consumer group, changelog topics and Redis keys (``<app id>:user:<id>``): unique per stack, so
+    #: stacks sharing the machine's Redis never see each other's keys.
+    app_id: str = field(default_factory=lambda: f"nudge-{secrets.token_hex(3)}")
     partitions: int = 8
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Keep ``root`` (logs, state) after a clean exit; it is always kept after a failure, for its logs.
@@ -219,7 +225,7 @@ class DevStack:
         self.broker = EmbeddedBroker(log_path=self.root / "tansu.log")
         self.broker.start()
         # Create the topics before any client asks for them: Tansu auto-creates unknown topics with one partition.
-        for topic in ("nudge.events", "nudge.events.dlq"):
+        for topic in ("nudge.events", "nudge.events.dlq", "nudge.segments"):
             await create_topic(self.broker.bootstrap, topic, self.partitions)
         self.redis.start()
         for index in range(self.workers):
@@ -243,6 +249,10 @@ class DevStack:
             "NUDGE_WRITE_KEYS": self.write_key,
             "NUDGE_API_KEYS": self.api_key,
             "NUDGE_SESSION_TIMEOUT_S": "6",
+            "NUDGE_SECRET": self.secret,
+            "NUDGE_APP_ID": self.app_id,
+            "NUDGE_SEGMENTS_FILE": str(REPO_ROOT / "segments.yaml"),
+            "NUDGE_CONTENT_FILE": str(REPO_ROOT / "content.yaml"),
             **self.extra_env,
         }
         return Worker(port=port, data_dir=data_dir, env=env, log_path=self.root / f"worker-{index}.log")
@@ -266,4 +276,5 @@ class DevStack:
             "redis": self.redis.url,
             "write_key": self.write_key,
             "api_key": self.api_key,
+            "redis_prefix": self.app_id,
         }

@@ -3,32 +3,36 @@
 UCI Online Shoppers: one row is one finished session (label ``Revenue``); rows are shuffled with a fixed seed and
 streamed through the same model class, with session-summary features (:func:`uci_features`). Baseline: PageValues.
 
-REES46: the events are folded into profiles with the pipeline's own fold, scored with its own features and model at
-every browsing event, and labelled late (a purchase by the same user within the horizon, else negative), exactly as
-the live system does. Baseline: "has a cart in this session". Samples whose horizon runs past the end of the sample
-are left out (their label is unknown).
+REES46: the events go through the worker's own pure transitions (:func:`tables.profile.fold`,
+:func:`models.insight.on_event` and :func:`models.insight.on_clock` on the event clock, with the same deadlines), so
+they are scored with its features and model at every browsing event and labelled late (a purchase by the same user
+within the horizon, else negative), exactly as live. Baseline: "has a cart in this session". A sample whose horizon
+runs past the end of the data is learned from but not scored, whatever its label: counting the positives there
+while the negatives are still pending would flatter the model (measured: +0.014 AUC at 300 s, and a fake 0.92 at
+1800 s).
 """
 
 from __future__ import annotations
 
 import csv
-import heapq
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.deadlines import Deadlines
 from app.events import to_event
 from app.replay import rees46_events
 from models import labels
-from models.features import features, product_seen_before
+from models.insight import Effect, Insight, on_clock, on_event
 from models.intent import IntentModel, Kind
 from models.metrics import log_loss, roc_auc
+from models.partition import PartitionModels
+from models.segments import SegmentSet
 from tables.profile import Profile, fold
 
-SCORED_EVENTS = frozenset({"Product Viewed", "Product Added", "Product Removed", "Cart Viewed", "Checkout Started"})
-PURCHASE = "Order Completed"
+NO_SEGMENTS = SegmentSet("none", ())
 FAR_FUTURE_MS = 4_102_444_800_000
 
 
@@ -56,44 +60,43 @@ class Progressive:
 
 
 def evaluate_rees46(path: str | Path, *, horizon_ms: int = 300_000, kind: Kind = "logistic") -> dict[str, Any]:
-    model = IntentModel(kind)
+    events = [to_event(raw, now_ms=FAR_FUTURE_MS) for raw in rees46_events(path)]
+    end_ms = max((e.timestamp_ms for e in events), default=0)
+    models = PartitionModels(0, kind)
     profiles: dict[str, Profile] = {}
-    pending: dict[str, tuple[labels.Sample, ...]] = {}
-    deadlines: list[tuple[int, str]] = []
+    insights: dict[str, Insight] = {}
+    deadlines = Deadlines()
     progress = Progressive()
 
-    def learn(resolved: list[labels.Resolved]) -> None:
-        for item in resolved:
-            progress.add(item)
-            model.learn(item.sample.features, item.label)
+    def carry_out(effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, labels.Resolved) and effect.sample.timestamp_ms + horizon_ms < end_ms:
+                progress.add(effect)  # a sample whose horizon ends after the data is learned, not scored
+            models.apply(effect)
 
-    for raw in rees46_events(path):
-        event = to_event(raw, now_ms=FAR_FUTURE_MS)
+    for event in events:
         now = event.timestamp_ms
-        while deadlines and deadlines[0][0] < now:
-            _, user = heapq.heappop(deadlines)
-            pending[user], expired = labels.expire(pending.get(user, ()), now, horizon_ms)
-            learn(expired)
-        before = profiles.get(event.user_id)
-        seen = product_seen_before(before, event)
-        profile = fold(before or Profile(user_id=event.user_id), event)
-        profiles[event.user_id] = profile
-        if event.name == PURCHASE:
-            pending[event.user_id], bought = labels.on_purchase(pending.get(event.user_id, ()), now, horizon_ms)
-            learn(bought)
-        elif event.name in SCORED_EVENTS:
-            x = features(profile, event, seen_before=seen)
-            sample = labels.Sample(now, x, score=model.score(x), baseline=has_cart_this_session(profile))
-            pending[event.user_id] = labels.add(pending.get(event.user_id, ()), sample)
-            heapq.heappush(deadlines, (now + horizon_ms, event.user_id))
+        for user in deadlines.pop_due(0, now):
+            insights[user], effects = on_clock(
+                insights[user], profiles[user], now, segments=NO_SEGMENTS, horizon_ms=horizon_ms
+            )
+            carry_out(effects)
+            deadlines.schedule(0, user, insights[user].due_ms(horizon_ms))
+        user = event.user_id
+        before = profiles.get(user)
+        profiles[user] = fold(before or Profile(user_id=user), event)
+        insights[user], effects = on_event(
+            insights.get(user),
+            before,
+            profiles[user],
+            event,
+            models=models,
+            segments=NO_SEGMENTS,
+            horizon_ms=horizon_ms,
+        )
+        carry_out(effects)
+        deadlines.schedule(0, user, insights[user].due_ms(horizon_ms))
     return progress.summary()
-
-
-def has_cart_this_session(profile: Profile) -> float:
-    """The heuristic baseline: 1 if the cart holds something changed during the current session."""
-    session = profile.session
-    changed = profile.cart_changed_ms
-    return 1.0 if profile.cart and session and changed and changed >= session.started_ms else 0.0
 
 
 _MONTHS = {

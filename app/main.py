@@ -60,8 +60,14 @@ dlq_topic = app.topic(
     key_serializer="raw",
     value_serializer="raw",
 )
+segments_topic = app.topic(
+    settings.segments_topic,
+    partitions=settings.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
+)
 
 # Registration: each module declares one thing on ``app``.
-from agents import catch_up, commit, ingest  # noqa: E402, F401
+from agents import catch_up, clock, commit, ingest, publish, reload  # noqa: E402, F401
 from app import api, collector  # noqa: E402, F401
-from tables import profiles  # noqa: E402, F401
+from tables import insights, models, profiles  # noqa: E402, F401

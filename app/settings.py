@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
+CLOCKS = ("wall", "event")
+INTENT_MODELS = ("logistic", "forest")
+MIN_SECRET_LENGTH = 16
 
 
 class SettingsError(ValueError):
@@ -33,6 +36,7 @@ class Settings:
     partitions: int = 8
     events_topic: str = "nudge.events"
     dlq_topic: str = "nudge.events.dlq"
+    segments_topic: str = "nudge.segments"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     #: Segment write keys accepted by the collector (HTTP Basic user).
@@ -43,6 +47,17 @@ class Settings:
     producer_linger_ms: int = 10
     collector_linger_ms: int = 5
     log_level: str = "info"
+    #: Signs model snapshots (and, later, websocket tokens). Required; at least 16 characters.
+    secret: str = ""
+    segments_file: str = "segments.yaml"
+    content_file: str = "content.yaml"
+    #: A scored moment is a positive if the user buys within this many seconds.
+    label_horizon_s: int = 1800
+    #: ``wall``: time-based labels and segments follow the wall clock (live); ``event``: the events' own time (replay).
+    clock: str = "wall"
+    intent_model: str = "logistic"
+    #: Expiry of a user's entry in the Redis read model after its last change.
+    read_model_ttl_s: int = 7 * 86400
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -59,6 +74,7 @@ class Settings:
             "partitions": _int(env, "NUDGE_PARTITIONS", defaults.partitions, low=1, high=1024),
             "events_topic": env.get("NUDGE_EVENTS_TOPIC", defaults.events_topic),
             "dlq_topic": env.get("NUDGE_DLQ_TOPIC", defaults.dlq_topic),
+            "segments_topic": env.get("NUDGE_SEGMENTS_TOPIC", defaults.segments_topic),
             "web_host": env.get("NUDGE_WEB_HOST", defaults.web_host),
             "web_port": _int(env, "NUDGE_WEB_PORT", defaults.web_port, low=1, high=65535),
             "write_keys": _keys(env, "NUDGE_WRITE_KEYS"),
@@ -67,6 +83,13 @@ class Settings:
             "producer_linger_ms": _int(env, "NUDGE_PRODUCER_LINGER_MS", defaults.producer_linger_ms, 0, 1000),
             "collector_linger_ms": _int(env, "NUDGE_COLLECTOR_LINGER_MS", defaults.collector_linger_ms, 0, 1000),
             "log_level": (env.get("NUDGE_LOG_LEVEL") or defaults.log_level).lower(),
+            "secret": env.get("NUDGE_SECRET", ""),
+            "segments_file": env.get("NUDGE_SEGMENTS_FILE") or defaults.segments_file,
+            "content_file": env.get("NUDGE_CONTENT_FILE") or defaults.content_file,
+            "label_horizon_s": _int(env, "NUDGE_LABEL_HORIZON_S", defaults.label_horizon_s, 1, 30 * 86400),
+            "clock": (env.get("NUDGE_CLOCK") or defaults.clock).lower(),
+            "intent_model": (env.get("NUDGE_INTENT_MODEL") or defaults.intent_model).lower(),
+            "read_model_ttl_s": _int(env, "NUDGE_READ_MODEL_TTL_S", defaults.read_model_ttl_s, 1, 365 * 86400),
         }
         settings = cls(**values)  # type: ignore[arg-type]
         settings.check()
@@ -80,6 +103,17 @@ class Settings:
             raise SettingsError("NUDGE_API_KEYS is empty: set at least one read API key")
         if self.broker_url is None:
             raise SettingsError("KAFKA_BROKER_URL is not set (use `nudge dev` for the embedded stack)")
+        if self.redis_url is None:
+            raise SettingsError("REDIS_URL is not set (use `nudge dev` for the embedded stack)")
+        if len(self.secret) < MIN_SECRET_LENGTH:
+            raise SettingsError(
+                f"NUDGE_SECRET is {'empty' if not self.secret else 'too short'}: set at least "
+                f"{MIN_SECRET_LENGTH} random characters (it signs model snapshots)"
+            )
+        if self.clock not in CLOCKS:
+            raise SettingsError(f"NUDGE_CLOCK={self.clock!r}: expected one of {', '.join(CLOCKS)}")
+        if self.intent_model not in INTENT_MODELS:
+            raise SettingsError(f"NUDGE_INTENT_MODEL={self.intent_model!r}: expected one of {', '.join(INTENT_MODELS)}")
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"NUDGE_LOG_LEVEL={self.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
         if self.store != "memory://":
@@ -98,6 +132,10 @@ class Settings:
         """``KAFKA_BROKER_URL`` as aiokafka wants it: ``host:port,host:port``."""
         assert self.broker_url is not None
         return self.broker_url.removeprefix("kafka://").replace(";", ",")
+
+    @property
+    def label_horizon_ms(self) -> int:
+        return self.label_horizon_s * 1000
 
     @property
     def web_url(self) -> str:

@@ -66,7 +66,8 @@ def compile_expression(source: str, *, known: Collection[str] | None = None) -> 
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as error:
-        raise ExpressionError(f"syntax error at column {error.offset}: {error.msg}") from None
+        where = f"column {error.offset}" if error.offset else "the end"  # Python says 0 when input ran out
+        raise ExpressionError(f"syntax error at {where}: {error.msg}") from None
     except (RecursionError, MemoryError):
         raise ExpressionError(f"the expression is nested more than {MAX_DEPTH} levels deep") from None
     names: set[str] = set()

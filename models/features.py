@@ -19,11 +19,16 @@ something (no order yet, no cart).
 | ``is_view``, ``is_add``, ``is_remove``, ``is_cart_view``, ``is_checkout`` | which event this moment is |
 | ``product_seen_before`` | 1 if the event's product was among the recently viewed before this event |
 | ``price_log`` | log1p of the event's product price |
+| ``category=<k>`` | 1 for the bucket (of :data:`CATEGORY_BUCKETS`) of the top level of the event's product category |
+
+The ``category=<k>`` one-hot keys are present only when on; every other feature is always present, in the order of
+:data:`FEATURE_NAMES`.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 
 from app.events import Event
 from tables.profile import Profile
@@ -31,6 +36,38 @@ from tables.profile import Profile
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 _MOBILE_MARKERS = ("Mobile", "Android", "iPhone", "iPad")
+#: Top-level categories are hashed into this many one-hot buckets: bounded model size whatever the catalogue.
+CATEGORY_BUCKETS = 64
+
+
+#: The names :func:`features` always returns, in this order (stored samples keep their values in this order).
+FEATURE_NAMES: tuple[str, ...] = (
+    "recency_log_days",
+    "never_ordered",
+    "orders_log",
+    "revenue_log",
+    "session_events_log",
+    "session_minutes_log",
+    "session_top_category_views",
+    "views_log",
+    "adds_log",
+    "checkouts_log",
+    "has_cart",
+    "cart_items_log",
+    "cart_value_log",
+    "cart_idle_log_minutes",
+    "returning",
+    "mobile",
+    "hour_sin",
+    "hour_cos",
+    "is_view",
+    "is_add",
+    "is_remove",
+    "is_cart_view",
+    "is_checkout",
+    "product_seen_before",
+    "price_log",
+)
 
 
 def features(profile: Profile, event: Event, *, seen_before: bool = False) -> dict[str, float]:
@@ -72,6 +109,9 @@ def features(profile: Profile, event: Event, *, seen_before: bool = False) -> di
         "product_seen_before": 1.0 if seen_before else 0.0,
         "price_log": _log(_price(event)),
     }
+    category = event.properties.get("category")
+    if isinstance(category, str) and category:
+        x[f"category={_bucket(category.split('.', 1)[0])}"] = 1.0
     return x
 
 
@@ -84,6 +124,11 @@ def product_seen_before(profile: Profile | None, event: Event) -> bool:
 def _price(event: Event) -> float:
     price = event.properties.get("price")
     return float(price) if isinstance(price, (int, float)) and not isinstance(price, bool) else 0.0
+
+
+def _bucket(value: str) -> int:
+    """A stable bucket (Python's ``hash`` is salted per process)."""
+    return zlib.crc32(value.encode()) % CATEGORY_BUCKETS
 
 
 def _log(value: float) -> float:

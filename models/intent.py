@@ -7,10 +7,11 @@ model state produced its score. Instances pickle, so a worker can snapshot and h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Hashable, Mapping
 from typing import Any, Literal
 
-from river import compose, forest, linear_model, optim, preprocessing
+from river import base, compose, forest, linear_model, optim
 
 Kind = Literal["logistic", "forest"]
 KINDS: tuple[Kind, ...] = ("logistic", "forest")
@@ -19,9 +20,10 @@ KINDS: tuple[Kind, ...] = ("logistic", "forest")
 class IntentModel:
     """An online classifier learning one sample at a time.
 
-    ``logistic`` (default, live path): standardised features into logistic regression, about 70 k learn+predict/s.
+    ``logistic`` (default, live path): standardised, clipped features (:class:`ClippedScaler`) into logistic
+    regression with AdaGrad, about 40 k learn+predict/s.
     ``forest``: an adaptive random forest of 8 trees (majority-class leaves, no drift detectors, 200-sample grace
-    period), better on session-level data (UCI: 0.918 against 0.873 progressive AUC) but about 2-3 k rows/s.
+    period), better on session-level data (UCI: 0.918 against 0.900 progressive AUC) but about 2-3 k rows/s.
     """
 
     def __init__(self, kind: Kind = "logistic", *, seed: int = 42) -> None:
@@ -29,8 +31,8 @@ class IntentModel:
         self._pipeline: Any
         if kind == "logistic":
             self._pipeline = compose.Pipeline(
-                preprocessing.StandardScaler(),
-                linear_model.LogisticRegression(optimizer=optim.SGD(0.01), l2=1e-4),
+                ClippedScaler(clip=3.0),
+                linear_model.LogisticRegression(optimizer=optim.AdaGrad(0.1), l2=1e-4, intercept_lr=0.05),
             )
         elif kind == "forest":
             self._pipeline = forest.ARFClassifier(
@@ -53,3 +55,46 @@ class IntentModel:
     def learn(self, features: Mapping[str, float], label: bool) -> None:
         self._pipeline.learn_one(dict(features), label)
         self.version += 1
+
+
+class ClippedScaler(base.Transformer):
+    """Standardise each numeric feature by its running mean and deviation, clipped to ``[-clip, clip]``.
+
+    River's ``StandardScaler`` lets a rare binary feature explode: with one cart in 1,000 events, ``has_cart = 1``
+    scales to about 30, and one such sample swamps plain SGD. It also only counts the samples where a key is
+    present, so an indicator emitted only when on (``category=3``) has variance 0 and always scales to 0. Here keys
+    containing ``=`` are such one-hot indicators and pass through unscaled; every other key is scaled and clipped.
+    """
+
+    def __init__(self, clip: float = 3.0) -> None:
+        self.clip = clip
+        self._stats: dict[Hashable, list[float]] = {}  # key -> [count, mean, sum of squared deviations] (Welford)
+
+    def learn_one(self, x: dict[Hashable, Any]) -> None:
+        stats = self._stats
+        for key, value in x.items():
+            if isinstance(key, str) and "=" in key:
+                continue
+            s = stats.get(key)
+            if s is None:
+                s = stats[key] = [0.0, 0.0, 0.0]
+            s[0] += 1
+            delta = value - s[1]
+            s[1] += delta / s[0]
+            s[2] += delta * (value - s[1])
+
+    def transform_one(self, x: dict[Hashable, Any]) -> dict[Hashable, Any]:
+        stats = self._stats
+        clip = self.clip
+        out: dict[Hashable, Any] = {}
+        for key, value in x.items():
+            if isinstance(key, str) and "=" in key:
+                out[key] = value
+                continue
+            s = stats.get(key)
+            if s is None or s[2] <= 0.0:
+                out[key] = 0.0
+                continue
+            z = (value - s[1]) / math.sqrt(s[2] / s[0])
+            out[key] = clip if z > clip else -clip if z < -clip else z
+        return out

@@ -11,9 +11,11 @@ version it has. Conditions use :mod:`models.expressions` over the variables the 
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import itertools
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -42,6 +44,8 @@ class SegmentSet:
 
     version: str
     segments: tuple[Segment, ...]
+    #: Clock variables (see :data:`models.variables.CLOCK_VARIABLES`) -> the numbers conditions compare them with.
+    clock_thresholds: Mapping[str, frozenset[float]] = field(default_factory=dict)
 
     def memberships(self, variables: Mapping[str, Any]) -> frozenset[str]:
         return frozenset(s.name for s in self.segments if s.condition.holds(variables))
@@ -52,8 +56,12 @@ def transitions(before: frozenset[str], after: frozenset[str]) -> tuple[list[str
     return sorted(after - before), sorted(before - after)
 
 
-def load_segments(text: str, *, source: str, known: Collection[str]) -> SegmentSet:
-    """Parse and compile a segment file, or raise :class:`SegmentFileError` naming the line at fault."""
+def load_segments(text: str, *, source: str, known: Collection[str], clock: Collection[str] = ()) -> SegmentSet:
+    """Parse and compile a segment file, or raise :class:`SegmentFileError` naming the line at fault.
+
+    ``clock``: the variables that change with time alone; the numbers they are compared with are collected in
+    :attr:`SegmentSet.clock_thresholds` so the caller can re-evaluate memberships when one is crossed.
+    """
     if len(text.encode()) > MAX_FILE_BYTES:
         raise SegmentFileError(f"{source}:1: the file is over {MAX_FILE_BYTES} bytes")
     try:
@@ -78,7 +86,31 @@ def load_segments(text: str, *, source: str, known: Collection[str]) -> SegmentS
         raise SegmentFileError(f"{source}:{_line(body)}: more than {MAX_SEGMENTS} segments")
     segments = tuple(_segment(name, key, value, source, known) for name, (key, value) in entries.items())
     version = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return SegmentSet(version, segments)
+    thresholds: dict[str, set[float]] = {}
+    for segment in segments:
+        for name, value in clock_comparisons(segment.condition.source, clock):
+            thresholds.setdefault(name, set()).add(value)
+    return SegmentSet(version, segments, {name: frozenset(values) for name, values in thresholds.items()})
+
+
+def clock_comparisons(source: str, clock: Collection[str]) -> list[tuple[str, float]]:
+    """``(variable, number)`` for every comparison of a clock variable with a number in ``source``."""
+    found: list[tuple[str, float]] = []
+    for node in ast.walk(ast.parse(source, mode="eval")):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        for left, right in itertools.pairwise(operands):
+            for name, number in ((left, right), (right, left)):
+                if (
+                    isinstance(name, ast.Name)
+                    and name.id in clock
+                    and isinstance(number, ast.Constant)
+                    and isinstance(number.value, (int, float))
+                    and not isinstance(number.value, bool)
+                ):
+                    found.append((name.id, float(number.value)))
+    return found
 
 
 def _segment(name: str, key: yaml.Node, node: yaml.Node, source: str, known: Collection[str]) -> Segment:

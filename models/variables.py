@@ -2,17 +2,23 @@
 
 Features (:mod:`models.features`) are scaled for models; these are raw: minutes, counts, money. The set of names is
 :data:`VARIABLES`; a rule naming anything else is refused when its file is loaded.
+
+Some variables change with the clock alone (:data:`CLOCK_VARIABLES`): "minutes since the cart changed" grows while
+the user is away. :func:`next_change` tells when a condition comparing one of them with a number can next flip, so
+a segment such as "cart untouched for 2 h" is entered at that moment on event time, without an event of the user.
 """
 
 from __future__ import annotations
 
-from app.events import Event
+from collections.abc import Collection, Mapping
+
 from tables.profile import Profile
 
 MINUTE_MS = 60_000
+DAY_MS = 1440 * MINUTE_MS
 
 VARIABLES: dict[str, str] = {
-    "event": "name of the event being processed",
+    "event": "name of the event being processed ('' when the clock re-evaluates)",
     "sessions": "number of sessions so far",
     "session_events": "events in the current session",
     "session_minutes": "minutes from the first to the latest event of the current session",
@@ -25,17 +31,27 @@ VARIABLES: dict[str, str] = {
     "cart_items": "items in the cart",
     "cart_value": "value of the cart",
     "minutes_since_cart_change": "minutes since the cart last changed (absent without a cart)",
+    "minutes_since_seen": "minutes since the user's latest event",
     "intent": "purchase-intent score in [0, 1] (absent until scored)",
+    "cluster": "behavioural cluster number (absent until assigned)",
+}
+
+#: Variables that grow with the clock: name -> (the profile's start time for it, milliseconds per unit).
+CLOCK_VARIABLES: dict[str, int] = {
+    "minutes_since_cart_change": MINUTE_MS,
+    "days_since_order": DAY_MS,
+    "minutes_since_seen": MINUTE_MS,
 }
 
 
-def variables(profile: Profile, event: Event, *, intent: float | None = None) -> dict[str, object]:
-    """The rule variables of ``profile`` as of ``event`` (already folded in)."""
-    now = event.timestamp_ms
+def variables(
+    profile: Profile, *, now_ms: int, event: str = "", intent: float | None = None, cluster: int | None = None
+) -> dict[str, object]:
+    """The rule variables of ``profile`` at ``now_ms`` (event time), while processing ``event`` if any."""
     session = profile.session
     counts = profile.event_counts
     values: dict[str, object] = {
-        "event": event.name,
+        "event": event,
         "sessions": profile.sessions,
         "session_events": session.events if session else 0,
         "session_minutes": (session.last_ms - session.started_ms) / MINUTE_MS if session else 0.0,
@@ -47,10 +63,43 @@ def variables(profile: Profile, event: Event, *, intent: float | None = None) ->
         "cart_items": profile.cart_quantity,
         "cart_value": profile.cart_value,
     }
-    if profile.last_order_ms is not None:
-        values["days_since_order"] = (now - profile.last_order_ms) / (1440 * MINUTE_MS)
-    if profile.cart and profile.cart_changed_ms is not None:
-        values["minutes_since_cart_change"] = (now - profile.cart_changed_ms) / MINUTE_MS
+    for name, unit in CLOCK_VARIABLES.items():
+        start = clock_start(profile, name)
+        if start is not None:
+            values[name] = (now_ms - start) / unit
     if intent is not None:
         values["intent"] = intent
+    if cluster is not None:
+        values["cluster"] = cluster
     return values
+
+
+def clock_start(profile: Profile, name: str) -> int | None:
+    """When the clock variable ``name`` was 0 for ``profile``, or ``None`` when it is absent."""
+    if name == "minutes_since_cart_change":
+        return profile.cart_changed_ms if profile.cart else None
+    if name == "days_since_order":
+        return profile.last_order_ms
+    if name == "minutes_since_seen":
+        return profile.last_seen_ms or None
+    raise KeyError(name)
+
+
+def next_change(profile: Profile, thresholds: Mapping[str, Collection[float]], now_ms: int) -> int | None:
+    """The earliest time after ``now_ms`` at which a clock variable crosses one of its ``thresholds``.
+
+    ``thresholds`` maps clock variables to the numbers conditions compare them with (see
+    :attr:`models.segments.SegmentSet.clock_thresholds`). The answer is one millisecond past the crossing, so
+    both ``>`` and ``>=`` hold then. ``None``: no condition can change with time alone.
+    """
+    earliest: int | None = None
+    for name, values in thresholds.items():
+        start = clock_start(profile, name)
+        if start is None:
+            continue
+        unit = CLOCK_VARIABLES[name]
+        for value in values:
+            at = start + int(value * unit) + 1
+            if at > now_ms and (earliest is None or at < earliest):
+                earliest = at
+    return earliest

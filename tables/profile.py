@@ -96,28 +96,52 @@ class Profile:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One event folded into a profile: ``before`` is ``None`` for a user seen for the first time."""
+
+    before: Profile | None
+    event: Event
+    after: Profile
+
+
+def record_steps(
+    profile: Profile | None, user_id: str, events: list[Event], *, partition: int, offset: int
+) -> list[Step]:
+    """Fold the ``events`` of one user carried by the record at ``partition``/``offset``, once, step by step.
+
+    Returns one :class:`Step` per event folded; the last step's ``after`` is the profile to store. The list is
+    empty when nothing changed: the record was applied before (a redelivery after a crash) or every event repeats
+    a recently seen ``messageId`` (a client retry).
+    """
+    if profile is not None and partition == profile.source_partition and offset <= profile.source_offset:
+        return []
+    seen = list(profile.seen_ids) if profile is not None else []
+    steps: list[Step] = []
+    current = profile
+    for event in events:
+        id_hash = message_hash(event.message_id)
+        if id_hash in seen:
+            continue
+        seen.append(id_hash)
+        folded = fold(current or Profile(user_id=user_id), event)
+        steps.append(Step(current, event, folded))
+        current = folded
+    if steps:
+        last = steps[-1]
+        final = replace(
+            last.after, source_partition=partition, source_offset=offset, seen_ids=tuple(seen[-MAX_SEEN_IDS:])
+        )
+        steps[-1] = Step(last.before, last.event, final)
+    return steps
+
+
 def apply_record(
     profile: Profile | None, user_id: str, events: list[Event], *, partition: int, offset: int
 ) -> Profile | None:
-    """Fold the ``events`` of one user carried by the record at ``partition``/``offset``, once.
-
-    Returns the new profile, or ``None`` when nothing changed: the record was applied before (a redelivery after a
-    crash) or every event repeats a recently seen ``messageId`` (a client retry).
-    """
-    if profile is None:
-        profile = Profile(user_id=user_id)
-    elif partition == profile.source_partition and offset <= profile.source_offset:
-        return None
-    seen = list(profile.seen_ids)
-    folded = profile
-    for event in events:
-        id_hash = message_hash(event.message_id)
-        if id_hash not in seen:
-            seen.append(id_hash)
-            folded = fold(folded, event)
-    if folded is profile:
-        return None
-    return replace(folded, source_partition=partition, source_offset=offset, seen_ids=tuple(seen[-MAX_SEEN_IDS:]))
+    """The profile after :func:`record_steps`, or ``None`` when nothing changed."""
+    steps = record_steps(profile, user_id, events, partition=partition, offset=offset)
+    return steps[-1].after if steps else None
 
 
 def fold(profile: Profile, event: Event) -> Profile:

@@ -64,7 +64,7 @@ def test_dev_prints_one_ready_line_serves_and_stops_everything_on_sigint(tmp_pat
 
 
 async def test_worker_refuses_a_topic_with_another_partition_count(tmp_path: object) -> None:
-    from app.devstack import EmbeddedBroker, create_topic
+    from app.devstack import REPO_ROOT, EmbeddedBroker, create_topic
 
     broker = EmbeddedBroker()
     broker.start()
@@ -76,6 +76,10 @@ async def test_worker_refuses_a_topic_with_another_partition_count(tmp_path: obj
             "NUDGE_WRITE_KEYS": "w",
             "NUDGE_API_KEYS": "a",
             "NUDGE_PARTITIONS": "8",
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "NUDGE_SECRET": "a-test-secret-of-32-characters!!",
+            "NUDGE_SEGMENTS_FILE": str(REPO_ROOT / "segments.yaml"),
+            "NUDGE_CONTENT_FILE": str(REPO_ROOT / "content.yaml"),
         }
         result = subprocess.run(
             [sys.executable, "-m", "app.cli", "worker"], capture_output=True, text=True, timeout=60, env=env

@@ -10,6 +10,8 @@ REQUIRED = {
     "NUDGE_WRITE_KEYS": "write-key",
     "NUDGE_API_KEYS": "api-key",
     "KAFKA_BROKER_URL": "kafka://localhost:9092",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "NUDGE_SECRET": "0123456789abcdef",
 }
 
 
@@ -52,6 +54,14 @@ def test_every_variable_is_read() -> None:
             NUDGE_PRODUCER_LINGER_MS="0",
             NUDGE_COLLECTOR_LINGER_MS="20",
             NUDGE_LOG_LEVEL="debug",
+            NUDGE_SECRET="s" * 32,
+            NUDGE_SEGMENTS_TOPIC="t.segments",
+            NUDGE_SEGMENTS_FILE="/etc/nudge/segments.yaml",
+            NUDGE_CONTENT_FILE="/etc/nudge/content.yaml",
+            NUDGE_LABEL_HORIZON_S="300",
+            NUDGE_CLOCK="event",
+            NUDGE_INTENT_MODEL="forest",
+            NUDGE_READ_MODEL_TTL_S="60",
         )
     )
     assert settings == Settings(
@@ -72,22 +82,31 @@ def test_every_variable_is_read() -> None:
         producer_linger_ms=0,
         collector_linger_ms=20,
         log_level="debug",
+        secret="s" * 32,
+        segments_topic="t.segments",
+        segments_file="/etc/nudge/segments.yaml",
+        content_file="/etc/nudge/content.yaml",
+        label_horizon_s=300,
+        clock="event",
+        intent_model="forest",
+        read_model_ttl_s=60,
     )
+    assert settings.label_horizon_ms == 300_000
 
 
 def test_empty_optional_values_mean_the_default() -> None:
-    settings = Settings.from_env(env(NUDGE_PARTITIONS="", NUDGE_EMBEDDED_BROKER="", REDIS_URL=""))
-    assert (settings.partitions, settings.embedded_broker, settings.redis_url) == (8, False, None)
+    settings = Settings.from_env(env(NUDGE_PARTITIONS="", NUDGE_EMBEDDED_BROKER="", NUDGE_CLOCK=""))
+    assert (settings.partitions, settings.embedded_broker, settings.clock) == (8, False, "wall")
 
 
-@pytest.mark.parametrize("name", ["NUDGE_WRITE_KEYS", "NUDGE_API_KEYS", "KAFKA_BROKER_URL"])
+@pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_missing_required_variable_is_refused_by_name(name: str) -> None:
     environ = dict(REQUIRED)
     del environ[name]
     assert name in refusal(environ)
 
 
-@pytest.mark.parametrize("name", ["NUDGE_WRITE_KEYS", "NUDGE_API_KEYS", "KAFKA_BROKER_URL"])
+@pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_empty_required_variable_is_refused_by_name(name: str) -> None:
     assert name in refusal(env(**{name: ""}))
 
@@ -117,6 +136,10 @@ def test_comma_separated_keys_are_split_and_trimmed() -> None:
         ("NUDGE_PRODUCER_LINGER_MS", "1001"),
         ("NUDGE_COLLECTOR_LINGER_MS", "-5"),
         ("NUDGE_SESSION_TIMEOUT_S", "0"),
+        ("NUDGE_CLOCK", "sundial"),
+        ("NUDGE_INTENT_MODEL", "oracle"),
+        ("NUDGE_LABEL_HORIZON_S", "0"),
+        ("NUDGE_READ_MODEL_TTL_S", "soon"),
         ("NUDGE_SESSION_TIMEOUT_S", "soon"),
         ("NUDGE_EMBEDDED_BROKER", "maybe"),
         ("NUDGE_EMBEDDED_BROKER", "2"),
@@ -129,6 +152,11 @@ def test_comma_separated_keys_are_split_and_trimmed() -> None:
 def test_malformed_variable_is_refused_by_name(name: str, value: str) -> None:
     message = refusal(env(**{name: value}))
     assert message.startswith(f"{name}=")
+
+
+def test_a_short_secret_is_refused_without_echoing_it() -> None:
+    message = refusal(env(NUDGE_SECRET="hunter2"))
+    assert message.startswith("NUDGE_SECRET is too short") and "hunter2" not in message
 
 
 def test_refusals_say_what_was_expected() -> None:

@@ -1,0 +1,70 @@
+"""Per-partition deadlines and the partition clock they are compared with.
+
+A user's :meth:`models.insight.Insight.due_ms` says when the clock alone gives them work (a label expires, a segment
+may flip). :class:`Deadlines` keeps, per partition, the earliest such time of each user in a heap; stale heap entries
+(the user was rescheduled) are skipped when popped. It lives in memory and is rebuilt from the ``insights`` table
+when a worker is assigned the partition, so deadlines survive restarts and rebalances.
+
+:class:`PartitionClocks` is "now" for a partition: the wall clock when live (``NUDGE_CLOCK=wall``), or the latest
+event time seen on the partition when replaying history (``event``), so a replay gives the same answers at any speed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+
+
+class Deadlines:
+    def __init__(self) -> None:
+        self._heaps: dict[int, list[tuple[int, str]]] = {}
+        self._due: dict[int, dict[str, int]] = {}
+
+    def schedule(self, partition: int, user_id: str, due_ms: int | None) -> None:
+        """Make ``due_ms`` the user's one deadline on ``partition`` (``None`` cancels it)."""
+        due = self._due.setdefault(partition, {})
+        if due_ms is None:
+            due.pop(user_id, None)
+            return
+        if due.get(user_id) == due_ms:
+            return
+        due[user_id] = due_ms
+        heapq.heappush(self._heaps.setdefault(partition, []), (due_ms, user_id))
+
+    def pop_due(self, partition: int, now_ms: int, limit: int = 10_000) -> list[str]:
+        """Users on ``partition`` due at or before ``now_ms``, earliest first; their deadline is cleared."""
+        heap = self._heaps.get(partition)
+        due = self._due.get(partition, {})
+        users: list[str] = []
+        while heap and heap[0][0] <= now_ms and len(users) < limit:
+            at, user_id = heapq.heappop(heap)
+            if due.get(user_id) == at:
+                del due[user_id]
+                users.append(user_id)
+        return users
+
+    def pending(self, partition: int) -> int:
+        return len(self._due.get(partition, {}))
+
+    def drop(self, partition: int) -> None:
+        self._heaps.pop(partition, None)
+        self._due.pop(partition, None)
+
+
+class PartitionClocks:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._latest: dict[int, int] = {}
+
+    def observe(self, partition: int, event_ms: int) -> None:
+        if event_ms > self._latest.get(partition, 0):
+            self._latest[partition] = event_ms
+
+    def now(self, partition: int) -> int | None:
+        """Now on ``partition``; ``None`` on the event clock before any event was seen there."""
+        if self.mode == "wall":
+            return int(time.time() * 1000)
+        return self._latest.get(partition)
+
+    def drop(self, partition: int) -> None:
+        self._latest.pop(partition, None)
