@@ -82,10 +82,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.set_defaults(run=_evaluate)
 
-    bench = commands.add_parser("bench", help="measure throughput against a plain Faust baseline")
-    bench.add_argument("--events", type=int, default=100_000, help="events per run (default 100000)")
-    bench.add_argument("--users", type=int, default=20_000, help="distinct users (default 20000)")
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput against a plain Faust baseline, or decision API latency (--decision)",
+        description="Ingest throughput (default) or, with --decision, decision API latency at a fixed rate.",
+    )
+    bench.add_argument("--decision", action="store_true", help="measure GET /v1/users/{id}/decision latency instead")
+    bench.add_argument("--events", type=int, default=None, help="events per run (default 100000; --decision 20000)")
+    bench.add_argument("--users", type=int, default=None, help="distinct users (default 20000; --decision 2000)")
     bench.add_argument("--runs", type=int, default=3, help="runs of each side; medians reported (default 3)")
+    bench.add_argument("--rate", type=float, default=500.0, help="--decision: requests per second (default 500)")
+    bench.add_argument("--seconds", type=float, default=10.0, help="--decision: seconds per run (default 10)")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(run=_bench)
     return parser
@@ -190,9 +197,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from app import bench
+    if args.decision:
+        from app import bench_decision
 
-    result = asyncio.run(bench.run(events=args.events, users=args.users, runs=args.runs))
+        result = asyncio.run(
+            bench_decision.run(
+                rate=args.rate,
+                seconds=args.seconds,
+                runs=args.runs,
+                users=args.users or 2_000,
+                events=args.events or 20_000,
+            )
+        )
+    else:
+        from app import bench
+
+        result = asyncio.run(bench.run(events=args.events or 100_000, users=args.users or 20_000, runs=args.runs))
     if args.json:
         print(orjson.dumps(result).decode())
     else:

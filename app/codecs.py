@@ -30,30 +30,15 @@ def decode_profile(data: bytes) -> Profile:
     return Profile.from_dict(orjson.loads(data))
 
 
-_DENSE = frozenset(FEATURE_NAMES)
-
-
 def encode_insight(insight: Insight) -> bytes:
-    """Samples are stored as ``[time, score, baseline, [values in FEATURE_NAMES order], {other features}]``.
-
-    A third the size of feature dictionaries; the others are the sparse one-hot features that are present only when on.
-    """
+    """Pending samples are stored as ``[time, score, baseline, packed features, extra features]`` (see ``Sample``)."""
     return orjson.dumps(
         {
             "intent": insight.intent,
             "model_version": insight.model_version,
             "segments": insight.segments,
             "cluster": insight.cluster,
-            "pending": [
-                [
-                    s.timestamp_ms,
-                    s.score,
-                    s.baseline,
-                    [round(s.features.get(n, 0.0), 5) for n in FEATURE_NAMES],
-                    {k: v for k, v in s.features.items() if k not in _DENSE},
-                ]
-                for s in insight.pending
-            ],
+            "pending": [[s.timestamp_ms, s.score, s.baseline, s.packed, s.extra] for s in insight.pending],
             "recheck_ms": insight.recheck_ms,
             "as_of_ms": insight.as_of_ms,
         }
@@ -63,9 +48,9 @@ def encode_insight(insight: Insight) -> bytes:
 def decode_insight(data: bytes) -> Insight:
     raw = orjson.loads(data)
     pending = tuple(
-        Sample(ts, {**dict(zip(FEATURE_NAMES, values, strict=True)), **sparse}, score, baseline)
-        for ts, score, baseline, values, sparse in raw["pending"]
-        if len(values) == len(FEATURE_NAMES)  # written before the feature set changed: unusable, dropped
+        Sample(ts, tuple(packed), extra, score, baseline)
+        for ts, score, baseline, packed, extra in raw["pending"]
+        if len(packed) == len(FEATURE_NAMES)  # written before the feature set changed: unusable, dropped
     )
     return Insight(
         intent=raw["intent"],

@@ -5,14 +5,17 @@ may flip). :class:`Deadlines` keeps, per partition, the earliest such time of ea
 (the user was rescheduled) are skipped when popped. It lives in memory and is rebuilt from the ``insights`` table
 when a worker is assigned the partition, so deadlines survive restarts and rebalances.
 
-:class:`PartitionClocks` is "now" for a partition: the wall clock when live (``NUDGE_CLOCK=wall``), or the latest
-event time seen on the partition when replaying history (``event``), so a replay gives the same answers at any speed.
+:class:`PartitionClocks` is "now" for a partition. ``NUDGE_CLOCK=event`` (the default): the latest event time seen
+on the partition, running on with the wall clock until the next event. Live, that is the wall clock (events are
+stamped now); during a replay of history it is the replayed time, so labels expire and time windows close on event
+time at any replay speed, and a quiet partition's deadlines still come due. ``wall``: the wall clock, always.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
 
 
 class Deadlines:
@@ -52,19 +55,26 @@ class Deadlines:
 
 
 class PartitionClocks:
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.mode = mode
-        self._latest: dict[int, int] = {}
+        self._monotonic = monotonic
+        #: partition -> (latest event time, monotonic seconds when it was seen)
+        self._latest: dict[int, tuple[int, float]] = {}
 
     def observe(self, partition: int, event_ms: int) -> None:
-        if event_ms > self._latest.get(partition, 0):
-            self._latest[partition] = event_ms
+        latest = self._latest.get(partition)
+        if latest is None or event_ms > latest[0]:
+            self._latest[partition] = (event_ms, self._monotonic())
 
     def now(self, partition: int) -> int | None:
         """Now on ``partition``; ``None`` on the event clock before any event was seen there."""
         if self.mode == "wall":
             return int(time.time() * 1000)
-        return self._latest.get(partition)
+        latest = self._latest.get(partition)
+        if latest is None:
+            return None
+        event_ms, seen_at = latest
+        return event_ms + int((self._monotonic() - seen_at) * 1000)
 
     def drop(self, partition: int) -> None:
         self._latest.pop(partition, None)

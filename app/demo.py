@@ -16,10 +16,12 @@ from app.sending import Progress, send_http
 from app.simulate import simulate_events
 
 SUMMARY_EVERY_S = 2.0
+#: Labels resolve after two minutes instead of thirty, so the model's rolling quality shows while you watch.
+DEMO_HORIZON_S = 120
 
 
 async def run(*, rate: float, users: int, bad_share: float) -> None:
-    async with DevStack(workers=1) as stack:
+    async with DevStack(workers=1, extra_env={"NUDGE_LABEL_HORIZON_S": str(DEMO_HORIZON_S)}) as stack:
         sample_user = "u1"
         print(_banner(stack, sample_user), flush=True)
         sent = Progress("sent", stream=None)
@@ -57,6 +59,8 @@ async def _summarise(stack: DevStack, sender: asyncio.Task[Any], sent: Progress)
             await asyncio.sleep(SUMMARY_EVERY_S)
             async with session.get(f"{stack.http}/v1/stats") as response:
                 stats = await response.json()
+            async with session.get(f"{stack.http}/v1/models") as response:
+                models = await response.json()
             now = time.monotonic()
             if previous is not None:
                 rate = (stats["events"] - previous[1]) / (now - previous[0])
@@ -64,6 +68,13 @@ async def _summarise(stack: DevStack, sender: asyncio.Task[Any], sent: Progress)
                     f"{time.strftime('%H:%M:%S')}  {rate:6,.0f} events/s  {stats['folded']:9,} folded  "
                     f"{stats['profiles']:6,} profiles  {sent.rejected:5,} refused by the collector (400)  "
                     f"{stats['rejected']:4,} dead-lettered",
+                    flush=True,
+                )
+                pooled = models["pooled"]
+                print(
+                    f"          {models['segments']['changes_emitted']:7,} segment changes  intent model: "
+                    f"{pooled['samples']:,} labels learned ({pooled['positives']:,} purchases), rolling AUC "
+                    f"{pooled['auc']} against the has-cart baseline's {pooled['baseline_auc']}",
                     flush=True,
                 )
             previous = (now, stats["events"])
@@ -74,9 +85,13 @@ def _banner(stack: DevStack, user: str) -> str:
     auth = f"-H 'Authorization: Bearer {stack.api_key}'"
     return "\n".join(
         [
-            "Nudge demo: simulated shoppers -> Segment API -> Kafka (Tansu) -> Faust worker -> live profiles",
+            "Nudge demo: simulated shoppers -> Segment API -> Kafka (Tansu) -> Faust worker -> live profiles, "
+            "intent scores, segments and decisions",
             f"  collector  {stack.http}/v1/batch   (write key {stack.write_key})",
             f"  profile    curl -s {auth} {stack.http}/v1/users/{user}/profile",
+            f"  decision   curl -s {auth} {stack.http}/v1/users/{user}/decision",
+            f"  models     curl -s {auth} {stack.http}/v1/models",
+            f"  read model redis-cli -u {stack.redis.url} hgetall {stack.app_id}:user:{user}",
             f"  stats      curl -s {auth} {stack.http}/v1/stats",
             f"  send one   curl -s -u {stack.write_key}: {stack.http}/v1/track "
             """-d '{"userId":"me","event":"Product Added","properties":{"product_id":"p1","price":9.5}}'""",

@@ -129,7 +129,7 @@ def evaluate_uci(path: str | Path, *, kind: Kind = "logistic", seed: int = 42) -
     for row in rows:
         x = uci_features(row)
         label = row["Revenue"] == "TRUE"
-        sample = labels.Sample(0, x, score=model.score(x), baseline=float(row["PageValues"]))
+        sample = labels.Sample.of(0, x, score=model.score(x), baseline=float(row["PageValues"]))
         progress.add(labels.Resolved(sample, label))
         model.learn(x, label)
     return progress.summary()

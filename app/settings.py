@@ -53,8 +53,9 @@ class Settings:
     content_file: str = "content.yaml"
     #: A scored moment is a positive if the user buys within this many seconds.
     label_horizon_s: int = 1800
-    #: ``wall``: time-based labels and segments follow the wall clock (live); ``event``: the events' own time (replay).
-    clock: str = "wall"
+    #: ``event``: labels and time windows follow each partition's latest event time, running on with the wall clock
+    #: between events (right live and during replays); ``wall``: the wall clock only. See ``app.deadlines``.
+    clock: str = "event"
     intent_model: str = "logistic"
     #: Expiry of a user's entry in the Redis read model after its last change.
     read_model_ttl_s: int = 7 * 86400

@@ -9,21 +9,43 @@ learns from a sample only then, so it never learns from the future and never twi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from models.features import FEATURE_NAMES
 
 MAX_PENDING = 32
+#: Pending features are kept as integers: value x 10 000 (4 decimals are plenty to learn from, and pack small).
+SCALE = 10_000
 
 Features = Mapping[str, float]
+_DENSE = frozenset(FEATURE_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """A scored moment: when, what the model saw, what it and the heuristic baseline said then."""
+    """A scored moment: when, what the model saw, what it and the heuristic baseline said then.
+
+    Build one with :meth:`of`. The features are packed once, at creation, because a user's pending samples are
+    rewritten to the changelog at each of their events: ``packed`` holds the :data:`FEATURE_NAMES` values in that
+    order, scaled by :data:`SCALE`; ``extra`` the other (sparse) features.
+    """
 
     timestamp_ms: int
-    features: Features
+    packed: tuple[int, ...] = ()
+    extra: Mapping[str, float] = field(default_factory=dict)
     score: float = 0.0
     baseline: float = 0.0
+
+    @classmethod
+    def of(cls, timestamp_ms: int, features: Features, *, score: float = 0.0, baseline: float = 0.0) -> Sample:
+        packed = tuple(round(features.get(name, 0.0) * SCALE) for name in FEATURE_NAMES)
+        extra = {k: v for k, v in features.items() if k not in _DENSE}
+        return cls(timestamp_ms, packed, extra, score, baseline)
+
+    @property
+    def features(self) -> dict[str, float]:
+        """The features as the model saw them (to 4 decimals)."""
+        return {**{n: v / SCALE for n, v in zip(FEATURE_NAMES, self.packed, strict=False)}, **self.extra}
 
 
 @dataclass(frozen=True, slots=True)

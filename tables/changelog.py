@@ -7,7 +7,7 @@ write, so table recovery reads them unchanged.
 Consistency with offsets (quix-streams' checkpoint order): :meth:`BulkTableWriter.flush` only queues the batches in
 the producer; Faust's commit awaits ``producer.flush()`` before it commits the source offsets, so a committed
 offset never points past a changelog write that was lost. A crash before the commit replays the source records and
-the idempotent fold (:func:`tables.profile.apply_record`) skips what the changelog already holds.
+the idempotent fold (:func:`tables.profile.record_steps`) skips what the changelog already holds.
 """
 
 from __future__ import annotations

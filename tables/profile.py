@@ -1,7 +1,7 @@
 """A user's live profile and the pure fold that builds it, one event at a time.
 
 ``fold(profile, event)`` returns a new :class:`Profile`; it never mutates its input, reads no clock and does no
-I/O, so a replay of the same events gives the same profile. :func:`apply_record` adds the idempotency guard the
+I/O, so a replay of the same events gives the same profile. :func:`record_steps` adds the idempotency guard the
 stream needs: a record whose source offset was already applied, or an event whose ``messageId`` was seen recently,
 changes nothing.
 
@@ -136,16 +136,8 @@ def record_steps(
     return steps
 
 
-def apply_record(
-    profile: Profile | None, user_id: str, events: list[Event], *, partition: int, offset: int
-) -> Profile | None:
-    """The profile after :func:`record_steps`, or ``None`` when nothing changed."""
-    steps = record_steps(profile, user_id, events, partition=partition, offset=offset)
-    return steps[-1].after if steps else None
-
-
 def fold(profile: Profile, event: Event) -> Profile:
-    """Return ``profile`` with ``event`` applied (no idempotency guard: see :func:`apply_record`)."""
+    """Return ``profile`` with ``event`` applied (no idempotency guard: see :func:`record_steps`)."""
     ts = event.timestamp_ms
     name = event.name
     props = event.properties

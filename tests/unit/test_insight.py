@@ -185,10 +185,16 @@ def test_deadlines_fire_once_in_order_and_a_reschedule_replaces_the_old_one() ->
     assert deadlines.pop_due(1, 10_000) == ["other partition"]
 
 
-def test_the_event_clock_follows_the_latest_event_and_the_wall_clock_does_not_wait() -> None:
-    clocks = PartitionClocks("event")
+def test_the_event_clock_follows_the_latest_event_and_runs_on_with_the_wall_clock_between_events() -> None:
+    seconds = [100.0]
+    clocks = PartitionClocks("event", monotonic=lambda: seconds[0])
     assert clocks.now(0) is None
     clocks.observe(0, T0 + 5)
     clocks.observe(0, T0)  # a late event does not move time back
     assert clocks.now(0) == T0 + 5
+    seconds[0] += 2.5  # nothing arrives for 2.5 s
+    assert clocks.now(0) == T0 + 2505
+    clocks.observe(0, T0 + 60_000)  # a replay jumps ahead: event time wins
+    assert clocks.now(0) == T0 + 60_000
+    assert clocks.now(1) is None
     assert PartitionClocks("wall").now(0) > T0

@@ -51,14 +51,14 @@ def test_product_seen_before_reads_the_profile_before_the_event() -> None:
 def test_a_purchase_labels_samples_within_the_horizon_positive_and_older_ones_negative() -> None:
     pending: tuple[labels.Sample, ...] = ()
     for ts in (T0, T0 + 200_000, T0 + 400_000):
-        pending = labels.add(pending, labels.Sample(ts, {"t": float(ts)}))
+        pending = labels.add(pending, labels.Sample.of(ts, {"t": float(ts)}))
     remaining, resolved = labels.on_purchase(pending, T0 + 450_000, HORIZON)
     assert [r.label for r in resolved] == [False, True, True]
     assert remaining == ()
 
 
 def test_samples_expire_negative_once_their_horizon_passes() -> None:
-    pending = (labels.Sample(T0, {}), labels.Sample(T0 + 100_000, {}))
+    pending = (labels.Sample.of(T0, {}), labels.Sample.of(T0 + 100_000, {}))
     remaining, expired = labels.expire(pending, T0 + HORIZON + 1, HORIZON)
     assert [r.label for r in expired] == [False]
     assert [s.timestamp_ms for s in remaining] == [T0 + 100_000]
@@ -67,7 +67,7 @@ def test_samples_expire_negative_once_their_horizon_passes() -> None:
 def test_pending_samples_are_bounded() -> None:
     pending: tuple[labels.Sample, ...] = ()
     for i in range(1000):
-        pending = labels.add(pending, labels.Sample(T0 + i, {}))
+        pending = labels.add(pending, labels.Sample.of(T0 + i, {}))
     assert len(pending) == labels.MAX_PENDING
     assert pending[-1].timestamp_ms == T0 + 999
 

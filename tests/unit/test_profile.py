@@ -22,10 +22,19 @@ from tables.profile import (
     CartItem,
     Profile,
     Session,
-    apply_record,
     decayed_affinity,
     fold,
+    record_steps,
 )
+
+
+def apply_record(
+    profile: Profile | None, user_id: str, events: list[Event], *, partition: int, offset: int
+) -> Profile | None:
+    """The profile the worker stores for one record, or ``None`` when the record changes nothing."""
+    steps = record_steps(profile, user_id, events, partition=partition, offset=offset)
+    return steps[-1].after if steps else None
+
 
 T0 = 1_772_366_400_000  # 2026-03-01T12:00:00Z
 MINUTE = 60 * 1000

@@ -59,7 +59,7 @@ def test_every_variable_is_read() -> None:
             NUDGE_SEGMENTS_FILE="/etc/nudge/segments.yaml",
             NUDGE_CONTENT_FILE="/etc/nudge/content.yaml",
             NUDGE_LABEL_HORIZON_S="300",
-            NUDGE_CLOCK="event",
+            NUDGE_CLOCK="wall",
             NUDGE_INTENT_MODEL="forest",
             NUDGE_READ_MODEL_TTL_S="60",
         )
@@ -87,7 +87,7 @@ def test_every_variable_is_read() -> None:
         segments_file="/etc/nudge/segments.yaml",
         content_file="/etc/nudge/content.yaml",
         label_horizon_s=300,
-        clock="event",
+        clock="wall",
         intent_model="forest",
         read_model_ttl_s=60,
     )
@@ -96,7 +96,7 @@ def test_every_variable_is_read() -> None:
 
 def test_empty_optional_values_mean_the_default() -> None:
     settings = Settings.from_env(env(NUDGE_PARTITIONS="", NUDGE_EMBEDDED_BROKER="", NUDGE_CLOCK=""))
-    assert (settings.partitions, settings.embedded_broker, settings.clock) == (8, False, "wall")
+    assert (settings.partitions, settings.embedded_broker, settings.clock) == (8, False, "event")
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))

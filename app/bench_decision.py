@@ -1,0 +1,129 @@
+"""``nudge bench --decision``: decision API latency at a fixed request rate on one worker, against ``/health``.
+
+One embedded stack with one worker is seeded with simulated shoppers (profiles, scores, segments). Then, per run,
+an open-loop client sends ``rate`` requests per second for ``seconds`` seconds: request ``i`` is due at
+``start + i / rate`` whatever happened to the earlier ones, and its latency is measured from that due time (so a
+stall counts against the server, not hidden by a client that waits: no coordinated omission). Each run measures
+``GET /v1/users/{id}/decision`` for random seeded users, then ``GET /health`` at the same rate: the web stack's own
+floor on this machine, in the same run. Medians of the runs' percentiles are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from app.bench import PARTITIONS, _produce_batched, _wait_until_processed
+from app.devstack import DevStack
+from app.events import user_key
+from app.simulate import simulate_events
+
+GOAL_P99_MS = 5.0
+
+
+async def run(*, rate: float, seconds: float, runs: int, users: int, events: int) -> dict[str, Any]:
+    corpus = [orjson.dumps(e) for e in simulate_events(users=users, events=events, seed=5) if isinstance(e, dict)]
+    user_ids = sorted({user_key(orjson.loads(raw)) for raw in corpus})
+    async with DevStack(workers=1, partitions=PARTITIONS) as stack:
+        await _produce_batched(stack.broker.bootstrap, corpus)
+        await _wait_until_processed(stack.nodes[0], stack.api_key, len(corpus))
+        headers = {"Authorization": f"Bearer {stack.api_key}"}
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+            picker = random.Random(7)
+
+            def decision_url() -> str:
+                return f"{stack.http}/v1/users/{picker.choice(user_ids)}/decision"
+
+            def health_url() -> str:
+                return f"{stack.http}/health"
+
+            await _open_loop(session, decision_url, rate=rate, seconds=1.0)  # warm-up: connections, caches
+            decision_runs, health_runs = [], []
+            for index in range(runs):
+                decision_runs.append(await _open_loop(session, decision_url, rate=rate, seconds=seconds))
+                health_runs.append(await _open_loop(session, health_url, rate=rate, seconds=seconds))
+                print(
+                    f"decision bench run {index + 1}/{runs}: decision p99 {decision_runs[-1]['p99_ms']} ms, "
+                    f"health p99 {health_runs[-1]['p99_ms']} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    decision, health = _median(decision_runs), _median(health_runs)
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "runs": runs,
+        "users": len(user_ids),
+        "decision": decision,
+        "baseline_health": health,
+        "p99_ratio_to_health": round(decision["p99_ms"] / max(health["p99_ms"], 1e-9), 2),
+        "goal_p99_ms": GOAL_P99_MS,
+        "goal_met": decision["p99_ms"] < GOAL_P99_MS and decision["errors"] == 0,
+        "decision_runs": decision_runs,
+    }
+
+
+async def _open_loop(
+    session: aiohttp.ClientSession, url: Callable[[], str], *, rate: float, seconds: float
+) -> dict[str, Any]:
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(due: float, target: str) -> None:
+        nonlocal errors
+        try:
+            async with session.get(target) as response:
+                await response.read()
+                if response.status != 200:
+                    errors += 1
+                    return
+        except aiohttp.ClientError:
+            errors += 1
+            return
+        latencies.append(time.perf_counter() - due)
+
+    start = time.perf_counter()
+    tasks = []
+    for index in range(total):
+        due = start + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due, url())))
+    await asyncio.gather(*tasks)
+    achieved = total / (time.perf_counter() - start)
+    latencies.sort()
+    return {
+        "requests": total,
+        "achieved_rate": round(achieved, 1),
+        "errors": errors,
+        "p50_ms": _percentile_ms(latencies, 0.50),
+        "p99_ms": _percentile_ms(latencies, 0.99),
+        "max_ms": round(latencies[-1] * 1000, 3) if latencies else None,
+    }
+
+
+def _percentile_ms(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 3),
+        "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
+        "max_ms": max(r["max_ms"] or 0 for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+    }
