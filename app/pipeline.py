@@ -67,7 +67,6 @@ class Pipeline:
         self.partitions = partitions
         self.horizon_ms = horizon_ms
         self.deadlines = Deadlines()
-        self._generation: int | None = None
         self._held: set[int] = set()
         self.segment_changes = 0
 
@@ -75,11 +74,10 @@ class Pipeline:
 
     def sync_assignment(self) -> None:
         """After a rebalance: release partitions now owned elsewhere, adopt the new ones (models, deadlines)."""
-        generation = self.app.consumer_generation_id
-        if generation == self._generation:
-            return
         topic = self.events_topic.get_topic_name()
         assigned = {tp.partition for tp in cast(set[TP], self.app.consumer.assignment()) if tp.topic == topic}
+        if assigned == self._held:
+            return
         lost, gained = self._held - assigned, assigned - self._held
         self.learning.release(lost)
         for partition in lost:
@@ -87,9 +85,7 @@ class Pipeline:
             self.clocks.drop(partition)
         self._adopt(gained)
         self._held = assigned
-        self._generation = generation
-        if lost or gained:
-            log.info("partitions held: %s (gained %s, released %s)", sorted(assigned), sorted(gained), sorted(lost))
+        log.info("partitions held: %s (gained %s, released %s)", sorted(assigned), sorted(gained), sorted(lost))
 
     def _adopt(self, partitions: set[int]) -> None:
         if not partitions:

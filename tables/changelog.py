@@ -4,6 +4,12 @@
 the same records to one aiokafka batch per partition costs about 10 µs. The values are the same bytes Faust would
 write, so table recovery reads them unchanged.
 
+Consistency with Faust's recovery: Faust only knows the changelog offsets it wrote or read itself. After a rebalance
+that keeps a partition here, it would re-read everything written since its last recovery and apply it over the live
+values -- and a value still in flight is then replaced by an older one, so later events fold onto a stale profile
+(seen here: a restarted worker that went through two generations lost two thirds of its work). Each delivered batch
+therefore advances the recovery's offset for its partition past our own writes.
+
 Consistency with offsets (quix-streams' checkpoint order): :meth:`BulkTableWriter.flush` only queues the batches in
 the producer; Faust's commit awaits ``producer.flush()`` before it commits the source offsets, so a committed
 offset never points past a changelog write that was lost. A crash before the commit replays the source records and
@@ -12,11 +18,12 @@ the idempotent fold (:func:`tables.profile.record_steps`) skips what the changel
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from faust.types import TableT
+from faust.types import TP, TableT
 
 
 class BulkTableWriter:
@@ -60,6 +67,20 @@ class BulkTableWriter:
             await self._send(producer, batch, topic, partition)
 
     async def _send(self, producer: Any, batch: Any, topic: str, partition: int) -> None:
-        if batch.record_count() == 0:
+        count = batch.record_count()
+        if count == 0:
             return
-        await producer.send_batch(batch, topic, partition=partition)
+        delivery = await producer.send_batch(batch, topic, partition=partition)
+        delivery.add_done_callback(lambda done: self._delivered(done, TP(topic, partition), count))
+
+    def _delivered(self, delivery: asyncio.Future[Any], tp: TP, count: int) -> None:
+        """Tell Faust's recovery our records up to this batch's last offset are already in the table."""
+        if delivery.cancelled() or delivery.exception() is not None:
+            return
+        recovery = self._table.app.tables.recovery  # type: ignore[attr-defined]
+        if tp not in recovery.active_tps:
+            return  # revoked meanwhile: the next owner reads everything
+        last = delivery.result().offset + count - 1
+        current = recovery.active_offsets.get(tp)
+        if current is None or last > current:
+            recovery.active_offsets[tp] = last

@@ -29,7 +29,8 @@ FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01: "now" for the oracle, so nothin
 
 @pytest.fixture
 async def stack(tmp_path: Any) -> AsyncIterator[DevStack]:
-    async with DevStack(workers=1, root=tmp_path / "stack") as running:
+    # keep_files: worker and broker logs stay in tmp_path (pytest keeps the last three runs), to read after a failure.
+    async with DevStack(workers=1, root=tmp_path / "stack", keep_files=True) as running:
         yield running
 
 

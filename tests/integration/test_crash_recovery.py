@@ -59,9 +59,14 @@ async def test_sigkill_mid_stream_ends_with_the_uninterrupted_profiles(stack: De
         processed = (await stats(stack, restarted.url))["offsets"]
         ends = await end_offsets(stack.broker.bootstrap, "nudge.events", 8)
         behind = {p: (processed.get(str(p), [None, None])[1], end - 1) for p, end in ends.items()}
+        notable = [
+            line
+            for line in restarted.log_path.read_text(errors="replace").splitlines()
+            if any(mark in line for mark in ("generation id", "partitions held", "WARNING", "ERROR"))
+        ]
         raise AssertionError(
             f"{len(diffs)} of {len(wanted)} profiles differ; {user}: {fields}; "
-            f"last processed vs last offset per partition: {behind}"
+            f"last processed vs last offset per partition: {behind}; restarted worker's log: {notable[-20:]}"
         ) from None
     # The restarted worker re-read records the dead one had applied but not committed, and skipped them.
     assert (await stats(stack, restarted.url))["duplicates"] > 0
