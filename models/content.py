@@ -25,7 +25,6 @@ declared segment names as ``segments`` so that a rule for a segment nobody decla
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -34,7 +33,8 @@ from typing import Any, cast
 
 import yaml
 
-MAX_FILE_BYTES = 1_000_000
+from models import rulefile
+
 MAX_RULES = 1_000
 MAX_BLOCK_FIELDS = 20
 MAX_LIST_ITEMS = 50
@@ -62,7 +62,7 @@ _SCALARS: dict[str, Callable[[yaml.ScalarNode], object]] = {
 Scalar = str | int | float | bool | None
 
 
-class ContentFileError(ValueError):
+class ContentFileError(rulefile.RuleFileError):
     """The content map is refused; ``str(error)`` starts with ``file:line:``."""
 
 
@@ -105,16 +105,7 @@ def load_content(text: str, *, source: str, segments: Collection[str] | None = N
 
     ``segments`` are the declared segment names; when given, a rule for any other name is refused.
     """
-    if len(text.encode()) > MAX_FILE_BYTES:
-        raise ContentFileError(f"{source}:1: the file is over {MAX_FILE_BYTES} bytes")
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as error:
-        line = error.problem_mark.line + 1 if getattr(error, "problem_mark", None) else 1
-        raise ContentFileError(f"{source}:{line}: not valid YAML: {getattr(error, 'problem', error)}") from None
-    if not isinstance(root, yaml.MappingNode):
-        raise ContentFileError(f"{source}:1: expected a mapping with 'default' and 'rules'")
-    top = _pairs(root, source)
+    top = _pairs(rulefile.compose(text, source, ContentFileError), source)
     unknown = set(top) - _TOP_KEYS
     if unknown:
         key = sorted(unknown)[0]
@@ -134,8 +125,7 @@ def load_content(text: str, *, source: str, segments: Collection[str] | None = N
         lines: dict[str, int] = {}
         for number, node in enumerate(body.value, start=1):
             rules.append(_rule(number, node, source, segments, lines, checked))
-    version = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return ContentMap(version, tuple(sorted(rules, key=lambda rule: -rule.priority)), default)
+    return ContentMap(rulefile.version(text), tuple(sorted(rules, key=lambda rule: -rule.priority)), default)
 
 
 def _rule(
@@ -269,19 +259,11 @@ def _tag_name(tag: str) -> str:
 
 
 def _pairs(node: yaml.MappingNode, source: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-    pairs: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-    for key, value in node.value:
-        if not isinstance(key, yaml.ScalarNode):
-            raise _refuse(source, key, "keys must be plain names")
-        if key.value in pairs:
-            raise _refuse(source, key, f"{key.value!r} appears twice")
-        pairs[key.value] = (key, value)
-    return pairs
+    return rulefile.pairs(node, source, ContentFileError)
 
 
-def _refuse(source: str, node: yaml.Node, reason: str) -> ContentFileError:
-    return ContentFileError(f"{source}:{_line(node)}: {reason}")
+def _refuse(source: str, node: yaml.Node, reason: str) -> rulefile.RuleFileError:
+    return rulefile.refuse(source, node, reason, ContentFileError)
 
 
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
+_line = rulefile.line

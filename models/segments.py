@@ -12,7 +12,6 @@ version it has. Conditions use :mod:`models.expressions` over the variables the 
 from __future__ import annotations
 
 import ast
-import hashlib
 import itertools
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -20,14 +19,14 @@ from typing import Any
 
 import yaml
 
+from models import rulefile
 from models.expressions import Expression, ExpressionError, compile_expression
 
-MAX_FILE_BYTES = 1_000_000
 MAX_SEGMENTS = 1_000
 _SEGMENT_KEYS = {"when", "description"}
 
 
-class SegmentFileError(ValueError):
+class SegmentFileError(rulefile.RuleFileError):
     """The segment file is refused; ``str(error)`` starts with ``file:line:``."""
 
 
@@ -62,16 +61,7 @@ def load_segments(text: str, *, source: str, known: Collection[str], clock: Coll
     ``clock``: the variables that change with time alone; the numbers they are compared with are collected in
     :attr:`SegmentSet.clock_thresholds` so the caller can re-evaluate memberships when one is crossed.
     """
-    if len(text.encode()) > MAX_FILE_BYTES:
-        raise SegmentFileError(f"{source}:1: the file is over {MAX_FILE_BYTES} bytes")
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as error:
-        line = error.problem_mark.line + 1 if getattr(error, "problem_mark", None) else 1  # type: ignore[attr-defined]
-        raise SegmentFileError(f"{source}:{line}: not valid YAML: {getattr(error, 'problem', error)}") from None
-    if not isinstance(root, yaml.MappingNode):
-        raise SegmentFileError(f"{source}:1: expected a mapping with a 'segments' key")
-    top = _pairs(root, source)
+    top = _pairs(rulefile.compose(text, source, SegmentFileError), source)
     unknown = set(top) - {"segments"}
     if unknown:
         key = sorted(unknown)[0]
@@ -85,7 +75,7 @@ def load_segments(text: str, *, source: str, known: Collection[str], clock: Coll
     if len(entries) > MAX_SEGMENTS:
         raise SegmentFileError(f"{source}:{_line(body)}: more than {MAX_SEGMENTS} segments")
     segments = tuple(_segment(name, key, value, source, known) for name, (key, value) in entries.items())
-    version = hashlib.sha256(text.encode()).hexdigest()[:12]
+    version = rulefile.version(text)
     thresholds: dict[str, set[float]] = {}
     for segment in segments:
         for name, value in clock_comparisons(segment.condition.source, clock):
@@ -138,15 +128,7 @@ def _segment(name: str, key: yaml.Node, node: yaml.Node, source: str, known: Col
 
 
 def _pairs(node: yaml.MappingNode, source: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-    pairs: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-    for key, value in node.value:
-        if not isinstance(key, yaml.ScalarNode):
-            raise SegmentFileError(f"{source}:{_line(key)}: keys must be plain names")
-        if key.value in pairs:
-            raise SegmentFileError(f"{source}:{_line(key)}: {key.value!r} appears twice")
-        pairs[key.value] = (key, value)
-    return pairs
+    return rulefile.pairs(node, source, SegmentFileError)
 
 
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
+_line = rulefile.line

@@ -10,13 +10,13 @@ import pytest
 
 from models.content import (
     MAX_BLOCK_FIELDS,
-    MAX_FILE_BYTES,
     MAX_LIST_ITEMS,
     MAX_RULES,
     MAX_STRING_CHARS,
     ContentFileError,
     load_content,
 )
+from models.rulefile import MAX_FILE_BYTES
 from models.segments import load_segments
 from models.variables import VARIABLES
 

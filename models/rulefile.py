@@ -1,0 +1,57 @@
+"""What every declared rule file (segments, content map, triggers) shares: strict YAML nodes and ``file:line`` errors.
+
+The files are read with ``yaml.compose`` rather than ``yaml.safe_load`` so that every value keeps the line it came
+from: a refusal names the file and the line at fault. Each loader raises its own subclass of :class:`RuleFileError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import yaml
+
+MAX_FILE_BYTES = 1_000_000
+
+
+class RuleFileError(ValueError):
+    """A rule file is refused; ``str(error)`` starts with ``file:line:``."""
+
+
+def compose(text: str, source: str, error: type[RuleFileError]) -> yaml.MappingNode:
+    """The file's top-level mapping node, or ``error`` naming the line of the first YAML fault."""
+    if len(text.encode()) > MAX_FILE_BYTES:
+        raise error(f"{source}:1: the file is over {MAX_FILE_BYTES} bytes")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise error(f"{source}:{line}: not valid YAML: {getattr(problem, 'problem', problem)}") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise error(f"{source}:1: expected a mapping at the top of the file")
+    return root
+
+
+def pairs(node: yaml.MappingNode, source: str, error: type[RuleFileError]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """``name -> (key node, value node)``; refuses non-scalar and repeated keys."""
+    found: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            raise refuse(source, key, "keys must be plain names", error)
+        if key.value in found:
+            raise refuse(source, key, f"{key.value!r} appears twice", error)
+        found[key.value] = (key, value)
+    return found
+
+
+def refuse(source: str, node: yaml.Node, reason: str, error: type[RuleFileError]) -> RuleFileError:
+    return error(f"{source}:{line(node)}: {reason}")
+
+
+def line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def version(text: str) -> str:
+    """A short content hash: what a decision or segment change names as the rule file version."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
