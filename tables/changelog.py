@@ -23,7 +23,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from faust.types import TP, TableT
+from faust.tables.table import Table
+from faust.types import TP, AppT, TableT
 
 
 class BulkTableWriter:
@@ -84,3 +85,38 @@ class BulkTableWriter:
         current = recovery.active_offsets.get(tp)
         if current is None or last > current:
             recovery.active_offsets[tp] = last
+
+
+def changelog_table(
+    app: AppT,
+    name: str,
+    *,
+    partitions: int,
+    value_serializer: str,
+    encode_key: Callable[[Any], bytes],
+    encode_value: Callable[[Any], bytes],
+    help: str,
+) -> tuple[Table, BulkTableWriter]:
+    """Declare a table keyed by UTF-8 user id (or partition number) and its bulk writer.
+
+    Faust derives a table's serializers from key_type/value_type only ("json" unless a faust.Record), so it would
+    route and recover by JSON-encoded keys. Keys here are the UTF-8 bytes every producer keys by (see
+    app.partitioning) and values use the named codec (app.codecs): the changelog topic is declared with them, and
+    the serializers are set again on the table because its store is created lazily with them.
+    """
+    changelog = app.topic(
+        f"{app.conf.id}-{name}-changelog",
+        partitions=partitions,
+        key_serializer="utf8",
+        value_serializer=value_serializer,
+        compacting=True,
+        deleting=False,
+        acks=False,
+        internal=True,
+    )
+    table: Table = app.Table(  # type: ignore[assignment]
+        name, partitions=partitions, changelog_topic=changelog, recovery_buffer_size=10_000, help=help
+    )
+    table.key_serializer = "utf8"
+    table.value_serializer = value_serializer
+    return table, BulkTableWriter(table, encode_key=encode_key, encode_value=encode_value)

@@ -6,29 +6,16 @@ recovers it with the partition's profiles and insights and continues learning wh
 
 from __future__ import annotations
 
-from faust.tables.table import Table
-
 from app.codecs import encode_key
 from app.main import app, settings
-from tables.changelog import BulkTableWriter
+from tables.changelog import changelog_table
 
-changelog = app.topic(
-    f"{settings.app_id}-models-changelog",
-    partitions=settings.partitions,
-    key_serializer="utf8",
-    value_serializer="raw",
-    compacting=True,
-    deleting=False,
-    acks=False,
-    internal=True,
-)
-model_snapshots: Table = app.Table(  # type: ignore[assignment]
+model_snapshots, snapshot_writer = changelog_table(
+    app,
     "models",
     partitions=settings.partitions,
-    changelog_topic=changelog,
+    value_serializer="raw",
+    encode_key=encode_key,
+    encode_value=bytes,
     help="Signed snapshots of each partition's learned models.",
 )
-model_snapshots.key_serializer = "utf8"
-model_snapshots.value_serializer = "raw"
-
-snapshot_writer = BulkTableWriter(model_snapshots, encode_key=encode_key, encode_value=bytes)
