@@ -1,0 +1,387 @@
+"""The websocket gateway's sans-I/O core: which socket gets which message, acks, and what browsers may send.
+
+:class:`Hub` owns no sockets, reads no clock and does no I/O. The shell (the ``websockets`` server) tells it what
+happened -- a socket opened for an authenticated user (:meth:`Hub.open`), a text or binary message arrived
+(:meth:`Hub.received`), a socket went away (:meth:`Hub.closed`), a message for a user came off ``nudge.messages``
+(:meth:`Hub.push`), a new socket's inbox was read from Redis (:meth:`Hub.replay`) -- and each call returns a list of
+effects, in order, that the shell must carry out:
+
+- :class:`Send`: send ``text`` as one text frame on that connection. Drop it if the socket has closed meanwhile.
+- :class:`Close`: close that connection with ``code`` and ``reason``, and call :meth:`Hub.closed` when it is gone. The
+  hub has already forgotten the connection: it sends it nothing more and ignores whatever else it receives.
+- :class:`Produce`: produce ``event`` (a Segment track event, known to encode with ``orjson``) to ``nudge.events``
+  keyed by ``user_id``.
+- :class:`Acked`: delete ``message_id`` from ``user_id``'s Redis inbox. It is issued once per (user, message) however
+  many tabs ack it.
+
+Delivery is at least once. A push reaches the user's open connections now; the Redis inbox, written by the shell
+before it calls :meth:`Hub.push`, keeps the message for connections that open later, and a message a tab has seen is
+not sent to that tab again. The browser SDK still drops duplicate ids, since messages can outlive what the hub
+remembers (a gateway restart, a user with more than ``max_unacked_per_user`` open messages).
+
+Browser frames are JSON text::
+
+    {"type": "ack", "id": "<message id>"}
+    {"type": "track", "event": "<name>", "properties": {...}, "messageId"?: "<id>", "timestamp"?: "<ISO-8601>"}
+    {"type": "ping"}
+
+and the hub answers with ``{"type": "message", "id": "<message id>", "payload": {...}}`` and ``{"type": "pong"}``.
+Anything else closes that connection only, with one of the ``CLOSE_*`` codes below; it never raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+CLOSE_UNSUPPORTED_DATA: Final = 1003
+"""The client sent a binary frame; the protocol is JSON text only."""
+CLOSE_TOO_BIG: Final = 1009
+"""The client sent a frame larger than ``max_frame_bytes``."""
+CLOSE_MALFORMED: Final = 4000
+"""The client sent a frame that is not JSON, not an object, of unknown type, or with bad fields."""
+CLOSE_RATE_LIMITED: Final = 4008
+"""The client sent frames faster than ``rate_per_s`` for longer than ``burst`` allows."""
+CLOSE_TOO_MANY_CONNECTIONS: Final = 4009
+"""The user already has ``max_connections_per_user`` open connections; the new one is refused."""
+
+#: A close frame's reason must fit in 123 bytes of UTF-8 (RFC 6455, section 5.5).
+MAX_REASON_BYTES: Final = 123
+MAX_EVENT_NAME_LENGTH: Final = 200
+MAX_MESSAGE_ID_LENGTH: Final = 200
+MAX_TIMESTAMP_LENGTH: Final = 64
+
+_PONG: Final = '{"type":"pong"}'
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``text`` as a text frame on connection ``conn_id``."""
+
+    conn_id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close connection ``conn_id`` with ``code`` and ``reason`` (at most 123 bytes), then report it closed."""
+
+    conn_id: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Produce:
+    """Produce ``event`` to ``nudge.events`` with key ``user_id`` (always the authenticated user)."""
+
+    user_id: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """``user_id`` has seen ``message_id``: delete it from the user's inbox."""
+
+    user_id: str
+    message_id: str
+
+
+Effect = Send | Close | Produce | Acked
+
+
+@dataclass(slots=True)
+class _Connection:
+    user_id: str
+    tokens: float
+    refilled_at: float
+    #: Ids sent on this connection and not yet acked, so a replay or a repeated push does not send them twice.
+    sent: set[str] = field(default_factory=set)
+    tracks: int = 0
+
+
+@dataclass(slots=True)
+class _User:
+    #: Insertion-ordered sets (dicts with ``None`` values), so effects come out in a reproducible order.
+    connections: dict[int, None] = field(default_factory=dict)
+    unacked: dict[str, None] = field(default_factory=dict)
+
+
+class Hub:
+    """Routes messages to users' open connections and turns browser frames into effects.
+
+    Configuration, all keyword-only:
+
+    - ``max_frame_bytes``: the largest frame a browser may send, in bytes of UTF-8 (close 1009 beyond it).
+    - ``max_connections_per_user``: open connections (tabs) per user; one more is refused with close 4009.
+    - ``rate_per_s`` and ``burst``: a token bucket per connection; every frame takes a token, the bucket holds
+      ``burst`` and refills at ``rate_per_s``; a frame finding it empty closes the connection with 4008.
+    - ``max_unacked_per_user``: how many sent-but-unacked message ids the hub tracks per online user; the oldest is
+      forgotten beyond it (it stays in the Redis inbox and is replayed on the next connection).
+    - ``remembered_acks``: how many recently acked (user, message) pairs the hub remembers across all users, so a
+      replay right after a reconnect skips messages whose inbox deletion may not have happened yet.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_frame_bytes: int = 16_384,
+        max_connections_per_user: int = 5,
+        rate_per_s: float = 20.0,
+        burst: int = 40,
+        max_unacked_per_user: int = 256,
+        remembered_acks: int = 65_536,
+    ) -> None:
+        if max_frame_bytes < 1 or max_connections_per_user < 1 or burst < 1:
+            raise ValueError("max_frame_bytes, max_connections_per_user and burst must be at least 1")
+        if not rate_per_s > 0:
+            raise ValueError(f"rate_per_s must be positive, not {rate_per_s}")
+        if max_unacked_per_user < 1 or remembered_acks < 0:
+            raise ValueError("max_unacked_per_user must be at least 1 and remembered_acks at least 0")
+        self.max_frame_bytes = max_frame_bytes
+        self.max_connections_per_user = max_connections_per_user
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_unacked_per_user = max_unacked_per_user
+        self.remembered_acks = remembered_acks
+        self._connections: dict[int, _Connection] = {}
+        self._users: dict[str, _User] = {}
+        self._recently_acked: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    # -- connections ---------------------------------------------------------------------------------------------
+
+    def open(self, conn_id: int, user_id: str, now: float) -> list[Effect]:
+        """Register a connection authenticated as ``user_id``.
+
+        Returns ``[]`` when accepted: the shell should then read the user's inbox and call :meth:`replay`. Returns a
+        :class:`Close` (4009) when the user already has ``max_connections_per_user`` connections; the hub does not
+        track the refused connection. ``conn_id`` must not be open already (a shell bug: :class:`ValueError`).
+        """
+        if conn_id in self._connections:
+            raise ValueError(f"connection {conn_id} is already open")
+        user = self._users.get(user_id)
+        if user is not None and len(user.connections) >= self.max_connections_per_user:
+            return [Close(conn_id, CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")]
+        if user is None:
+            user = self._users[user_id] = _User()
+        user.connections[conn_id] = None
+        self._connections[conn_id] = _Connection(user_id, tokens=float(self.burst), refilled_at=now)
+        return []
+
+    def closed(self, conn_id: int) -> None:
+        """Forget a connection once its socket is gone. Unknown or already forgotten ids are ignored."""
+        connection = self._connections.pop(conn_id, None)
+        if connection is None:
+            return
+        user = self._users[connection.user_id]
+        del user.connections[conn_id]
+        if not user.connections:
+            # The Redis inbox keeps whatever is unacked; the next connection replays it.
+            del self._users[connection.user_id]
+
+    def connections(self, user_id: str) -> frozenset[int]:
+        """The ids of ``user_id``'s open connections."""
+        user = self._users.get(user_id)
+        return frozenset(user.connections) if user is not None else frozenset()
+
+    def online(self, user_id: str) -> bool:
+        """Whether ``user_id`` has at least one open connection (for Redis presence)."""
+        return user_id in self._users
+
+    # -- server -> browser ---------------------------------------------------------------------------------------
+
+    def push(self, user_id: str, message_id: str, payload: Mapping[str, Any]) -> list[Effect]:
+        """Send a message to every open connection of ``user_id`` and track it until one of them acks it.
+
+        Returns ``[]`` for a user with no connection (the inbox keeps the message), for a message the user has
+        already acked (a redelivered decision), and for connections that were already sent it. ``payload`` must
+        encode with ``orjson`` (a :class:`TypeError` otherwise: it comes from our own topic, not from a browser).
+        """
+        user = self._users.get(user_id)
+        if user is None or (user_id, message_id) in self._recently_acked:
+            return []
+        text = _message_text(message_id, payload)
+        effects: list[Effect] = []
+        for conn_id in user.connections:
+            connection = self._connections[conn_id]
+            if message_id not in connection.sent:
+                connection.sent.add(message_id)
+                effects.append(Send(conn_id, text))
+        self._track_unacked(user_id, user, message_id)
+        return effects
+
+    def replay(self, conn_id: int, pending: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Effect]:
+        """Send a newly opened connection its user's inbox, ``(message id, payload)`` pairs oldest first.
+
+        Skips messages the user has acked (the inbox deletion may still be on its way) and messages this connection
+        was already pushed. Returns ``[]`` for a connection the hub does not know (refused or closed meanwhile).
+        """
+        connection = self._connections.get(conn_id)
+        if connection is None:
+            return []
+        user_id = connection.user_id
+        user = self._users[user_id]
+        effects: list[Effect] = []
+        for message_id, payload in pending:
+            if message_id in connection.sent or (user_id, message_id) in self._recently_acked:
+                continue
+            connection.sent.add(message_id)
+            effects.append(Send(conn_id, _message_text(message_id, payload)))
+            self._track_unacked(user_id, user, message_id)
+        return effects
+
+    # -- browser -> server ---------------------------------------------------------------------------------------
+
+    def received(self, conn_id: int, data: str | bytes, now: float) -> list[Effect]:
+        """Handle one frame from a browser. Never raises: a bad frame closes that connection only.
+
+        Checks, in order: size (on the raw frame, before anything is parsed), binary, JSON object, rate limit, then
+        the frame itself. Frames from a connection the hub does not know are ignored.
+        """
+        connection = self._connections.get(conn_id)
+        if connection is None:
+            return []
+        size = _utf8_size(data, self.max_frame_bytes)
+        if size > self.max_frame_bytes:
+            return self._close(conn_id, CLOSE_TOO_BIG, f"frame too big: over {self.max_frame_bytes} bytes")
+        if not isinstance(data, str):
+            return self._close(conn_id, CLOSE_UNSUPPORTED_DATA, "binary frames are not supported: send JSON text")
+        try:
+            frame = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return self._close(conn_id, CLOSE_MALFORMED, "frame is not valid JSON")
+        if not isinstance(frame, dict):
+            return self._close(conn_id, CLOSE_MALFORMED, "frame must be a JSON object")
+        if not self._take_token(connection, now):
+            return self._close(conn_id, CLOSE_RATE_LIMITED, "rate limit exceeded")
+        match frame.get("type"):
+            case "ack":
+                return self._ack(conn_id, connection, frame)
+            case "track":
+                return self._track(conn_id, connection, frame, now)
+            case "ping":
+                return [Send(conn_id, _PONG)]
+            case _:
+                return self._close(conn_id, CLOSE_MALFORMED, "unknown frame type: expected ack, track or ping")
+
+    def _ack(self, conn_id: int, connection: _Connection, frame: dict[str, Any]) -> list[Effect]:
+        message_id = frame.get("id")
+        if not isinstance(message_id, str):
+            return self._close(conn_id, CLOSE_MALFORMED, "ack frame needs an id (string)")
+        user_id = connection.user_id
+        user = self._users[user_id]
+        if message_id not in user.unacked:
+            # Acked by another tab already, or never sent: either way nothing to delete.
+            return []
+        del user.unacked[message_id]
+        for other in user.connections:
+            self._connections[other].sent.discard(message_id)
+        self._remember_ack(user_id, message_id)
+        return [Acked(user_id, message_id)]
+
+    def _track(self, conn_id: int, connection: _Connection, frame: dict[str, Any], now: float) -> list[Effect]:
+        name = frame.get("event")
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_EVENT_NAME_LENGTH:
+            return self._close(
+                conn_id, CLOSE_MALFORMED, f"track frame needs an event name of 1 to {MAX_EVENT_NAME_LENGTH} characters"
+            )
+        properties = frame.get("properties")
+        if properties is None:
+            properties = {}
+        elif not isinstance(properties, dict):
+            return self._close(conn_id, CLOSE_MALFORMED, "track frame: properties must be an object")
+        message_id = frame.get("messageId")
+        if message_id is not None and (
+            not isinstance(message_id, str) or not message_id or len(message_id) > MAX_MESSAGE_ID_LENGTH
+        ):
+            return self._close(
+                conn_id, CLOSE_MALFORMED, f"track frame: messageId must be 1 to {MAX_MESSAGE_ID_LENGTH} characters"
+            )
+        timestamp = frame.get("timestamp")
+        if timestamp is not None and (not isinstance(timestamp, str) or len(timestamp) > MAX_TIMESTAMP_LENGTH):
+            return self._close(conn_id, CLOSE_MALFORMED, "track frame: timestamp must be an ISO-8601 string")
+
+        connection.tracks += 1
+        if message_id is None:
+            message_id = _derived_message_id(connection.user_id, conn_id, connection.tracks, now)
+        # Only the fields named here are copied: userId, anonymousId, context and anything else the browser wrote
+        # are dropped, so the event is always the authenticated user's.
+        event: dict[str, Any] = {
+            "type": "track",
+            "userId": connection.user_id,
+            "event": name,
+            "properties": properties,
+            "messageId": message_id,
+        }
+        if timestamp is not None:
+            event["timestamp"] = timestamp
+        event["context"] = {"channel": "websocket"}
+        try:
+            # orjson parses 1024 levels of nesting but encodes only 254: refuse here what the shell could not send.
+            orjson.dumps(event)
+        except orjson.JSONEncodeError:
+            return self._close(conn_id, CLOSE_MALFORMED, "track frame: properties are nested too deeply")
+        return [Produce(connection.user_id, event)]
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+
+    def _close(self, conn_id: int, code: int, reason: str) -> list[Effect]:
+        self.closed(conn_id)
+        return [Close(conn_id, code, _fit_reason(reason))]
+
+    def _take_token(self, connection: _Connection, now: float) -> bool:
+        # A clock that steps back refills nothing rather than draining the bucket.
+        elapsed = max(0.0, now - connection.refilled_at)
+        connection.tokens = min(float(self.burst), connection.tokens + elapsed * self.rate_per_s)
+        connection.refilled_at = max(connection.refilled_at, now)
+        if connection.tokens < 1.0:
+            return False
+        connection.tokens -= 1.0
+        return True
+
+    def _track_unacked(self, user_id: str, user: _User, message_id: str) -> None:
+        user.unacked[message_id] = None
+        while len(user.unacked) > self.max_unacked_per_user:
+            oldest = next(iter(user.unacked))
+            del user.unacked[oldest]
+            for conn_id in user.connections:
+                self._connections[conn_id].sent.discard(oldest)
+
+    def _remember_ack(self, user_id: str, message_id: str) -> None:
+        if self.remembered_acks == 0:
+            return
+        self._recently_acked[(user_id, message_id)] = None
+        if len(self._recently_acked) > self.remembered_acks:
+            self._recently_acked.popitem(last=False)
+
+
+def _message_text(message_id: str, payload: Mapping[str, Any]) -> str:
+    return orjson.dumps({"type": "message", "id": message_id, "payload": payload}).decode()
+
+
+def _utf8_size(data: str | bytes, limit: int) -> int:
+    """The frame's size in bytes, without encoding a text frame that is obviously within or over ``limit``."""
+    if not isinstance(data, str):
+        return len(data)
+    if len(data) > limit or data.isascii():
+        # A character is at least one byte, so more characters than the limit is already too big.
+        return len(data)
+    return len(data.encode("utf-8", "surrogatepass"))
+
+
+def _derived_message_id(user_id: str, conn_id: int, sequence: int, now: float) -> str:
+    """A messageId for a track frame that has none: unique per connection and frame, with no randomness."""
+    seed = f"{user_id}\x00{conn_id}\x00{sequence}\x00{now!r}".encode("utf-8", "surrogatepass")
+    return "ws-" + hashlib.blake2b(seed, digest_size=12).hexdigest()
+
+
+def _fit_reason(reason: str) -> str:
+    encoded = reason.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_REASON_BYTES:
+        return reason
+    return encoded[:MAX_REASON_BYTES].decode("utf-8", "ignore")
