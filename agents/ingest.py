@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from app.deadlines import PartitionClocks
 from app.learning import Learning
-from app.main import app, dlq_topic, events_topic, segments_topic, settings
+from app.main import app, dlq_topic, events_topic, messages_topic, segments_topic, settings
 from app.offsets import OffsetTracker, Verdict, read_range
 from app.pipeline import Pipeline
 from app.read_model import ReadModel
@@ -25,6 +25,7 @@ from app.records import split_record
 from app.rules import Rules
 from app.stats import ingest_stats
 from tables.insights import insight_writer, insights
+from tables.messages import message_writer, messages
 from tables.models import model_snapshots
 from tables.profiles import profile_writer, profiles
 
@@ -35,13 +36,18 @@ offsets = OffsetTracker()
 #: Held while a record is checked and processed: the agent and ``agents/catch_up.py`` both process records.
 processing = asyncio.Lock()
 #: Rule files in service; ``agents/reload.py`` reloads them when they change.
-rules = Rules(settings.segments_file, settings.content_file)
+rules = Rules(
+    settings.segments_file, settings.content_file, settings.triggers_file, default_consent=settings.default_consent
+)
 assert settings.redis_url is not None
 read_model = ReadModel(Redis.from_url(settings.redis_url), prefix=settings.app_id, ttl_s=settings.read_model_ttl_s)
 pipeline = Pipeline(
     app=app,
     events_topic=events_topic,
     segments_topic=segments_topic,
+    messages_topic=messages_topic,
+    messages=messages,
+    message_writer=message_writer,
     profiles=profiles,
     profile_writer=profile_writer,
     insights=insights,

@@ -23,6 +23,7 @@ from app.stats import ingest_stats
 from models.insight import Insight
 from models.partition import summarize
 from tables.insights import insights
+from tables.messages import messages
 from tables.profile_view import profile_view
 from tables.profiles import profiles
 
@@ -84,6 +85,14 @@ def decision(user_id: str, insight: Insight | None) -> dict[str, Any]:
     }
 
 
+@app.page("/v1/users/{user_id}/messages")
+@requires_api_key
+@app.table_route(table=messages, match_info="user_id")
+async def get_messages(view: View, request: Request, user_id: str) -> Response:
+    """The user's latest trigger decisions, newest first: sent, or suppressed with the reason and what was read."""
+    return view.json({"user_id": user_id, "messages": list(reversed(messages.data.get(user_id, [])))})
+
+
 @app.page("/v1/models")
 @requires_api_key
 async def get_models(view: View, request: Request) -> Response:
@@ -108,6 +117,7 @@ async def get_models(view: View, request: Request) -> Response:
                 "changes_emitted": pipeline.segment_changes,
             },
             "content": rules.content.status(),
+            "triggers": {**rules.triggers.status(), "decisions": pipeline.decisions},
             "read_model": {"written": read_model.written},
         }
     )

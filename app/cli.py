@@ -113,7 +113,8 @@ def _worker(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env(os.environ)
-        Rules(settings.segments_file, settings.content_file)  # refuse bad rule files before joining the group
+        # Refuse bad rule files before joining the group.
+        Rules(settings.segments_file, settings.content_file, settings.triggers_file)
         asyncio.run(check_partitions(settings))
     except (SettingsError, ValueError, OSError) as error:
         print(f"nudge worker: {error}", file=sys.stderr)

@@ -15,6 +15,7 @@ from faust.serializers import codecs
 from models.features import FEATURE_NAMES
 from models.insight import Insight
 from models.labels import Sample
+from models.triggers import Armed, TriggerState
 from tables.profile import Profile
 
 
@@ -41,6 +42,12 @@ def encode_insight(insight: Insight) -> bytes:
             "pending": [[s.timestamp_ms, s.score, s.baseline, s.packed, s.extra] for s in insight.pending],
             "recheck_ms": insight.recheck_ms,
             "as_of_ms": insight.as_of_ms,
+            "triggers": {
+                "armed": [[a.trigger, a.due_ms, a.armed_at_ms] for a in insight.triggers.armed],
+                "last_counted": insight.triggers.last_counted,
+                "day": insight.triggers.day,
+                "counted_today": insight.triggers.counted_today,
+            },
         }
     )
 
@@ -60,6 +67,12 @@ def decode_insight(data: bytes) -> Insight:
         pending=pending,
         recheck_ms=raw["recheck_ms"],
         as_of_ms=raw["as_of_ms"],
+        triggers=TriggerState(
+            armed=tuple(Armed(*armed) for armed in raw["triggers"]["armed"]),
+            last_counted=raw["triggers"]["last_counted"],
+            day=raw["triggers"]["day"],
+            counted_today=raw["triggers"]["counted_today"],
+        ),
     )
 
 
@@ -79,6 +92,16 @@ class ProfileCodec(codecs.Codec):
         return decode_profile(s)
 
 
+class JsonCodec(codecs.Codec):
+    """Plain JSON values (lists and dicts) with orjson."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return orjson.loads(s)
+
+
 class InsightCodec(codecs.Codec):
     def _dumps(self, obj: Any) -> bytes:
         return encode_insight(obj)
@@ -92,3 +115,4 @@ def register() -> None:
     codecs.register("utf8", Utf8Codec())
     codecs.register("profile", ProfileCodec())
     codecs.register("insight", InsightCodec())
+    codecs.register("orjson", JsonCodec())

@@ -225,7 +225,7 @@ class DevStack:
         self.broker = EmbeddedBroker(log_path=self.root / "tansu.log")
         self.broker.start()
         # Create the topics before any client asks for them: Tansu auto-creates unknown topics with one partition.
-        for topic in ("nudge.events", "nudge.events.dlq", "nudge.segments"):
+        for topic in ("nudge.events", "nudge.events.dlq", "nudge.segments", "nudge.messages"):
             await create_topic(self.broker.bootstrap, topic, self.partitions)
         self.redis.start()
         for index in range(self.workers):
@@ -253,6 +253,7 @@ class DevStack:
             "NUDGE_APP_ID": self.app_id,
             "NUDGE_SEGMENTS_FILE": str(REPO_ROOT / "segments.yaml"),
             "NUDGE_CONTENT_FILE": str(REPO_ROOT / "content.yaml"),
+            "NUDGE_TRIGGERS_FILE": str(REPO_ROOT / "triggers.yaml"),
             **self.extra_env,
         }
         return Worker(port=port, data_dir=data_dir, env=env, log_path=self.root / f"worker-{index}.log")

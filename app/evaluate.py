@@ -25,14 +25,15 @@ from app.deadlines import Deadlines
 from app.events import to_event
 from app.replay import rees46_events
 from models import labels
-from models.insight import Effect, Insight, on_clock, on_event
+from models.insight import Effect, Insight, Rules, on_clock, on_event
 from models.intent import IntentModel, Kind
 from models.metrics import log_loss, roc_auc
 from models.partition import PartitionModels
 from models.segments import SegmentSet
+from models.triggers import TriggerSet
 from tables.profile import Profile, fold
 
-NO_SEGMENTS = SegmentSet("none", ())
+NO_RULES = Rules(SegmentSet("none", ()), TriggerSet("none", (), 0))
 FAR_FUTURE_MS = 4_102_444_800_000
 
 
@@ -78,7 +79,7 @@ def evaluate_rees46(path: str | Path, *, horizon_ms: int = 300_000, kind: Kind =
         now = event.timestamp_ms
         for user in deadlines.pop_due(0, now):
             insights[user], effects = on_clock(
-                insights[user], profiles[user], now, segments=NO_SEGMENTS, horizon_ms=horizon_ms
+                insights[user], profiles[user], now, rules=NO_RULES, horizon_ms=horizon_ms
             )
             carry_out(effects)
             deadlines.schedule(0, user, insights[user].due_ms(horizon_ms))
@@ -91,7 +92,7 @@ def evaluate_rees46(path: str | Path, *, horizon_ms: int = 300_000, kind: Kind =
             profiles[user],
             event,
             models=models,
-            segments=NO_SEGMENTS,
+            rules=NO_RULES,
             horizon_ms=horizon_ms,
         )
         carry_out(effects)

@@ -67,7 +67,14 @@ segments_topic = app.topic(
     value_serializer="raw",
 )
 
+messages_topic = app.topic(
+    settings.messages_topic,
+    partitions=settings.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+
 # Registration: each module declares one thing on ``app``.
 from agents import catch_up, clock, commit, ingest, publish, reload  # noqa: E402, F401
 from app import api, collector  # noqa: E402, F401
-from tables import insights, models, profiles  # noqa: E402, F401
+from tables import insights, messages, models, profiles  # noqa: E402, F401

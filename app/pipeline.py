@@ -27,10 +27,13 @@ from app.read_model import ReadModel
 from app.rules import Rules
 from models.insight import Effect, Insight, SegmentChange, on_clock, on_event
 from models.partition import PartitionModels
+from models.triggers import Decision
 from tables.changelog import BulkTableWriter
 from tables.profile import record_steps
 
 log = logging.getLogger(__name__)
+#: Decision records kept per user in the ``messages`` table for the API; the topic keeps them all (by retention).
+MAX_KEPT_MESSAGES = 50
 
 
 class Pipeline:
@@ -40,11 +43,14 @@ class Pipeline:
         app: Any,
         events_topic: TopicT,
         segments_topic: TopicT,
+        messages_topic: TopicT,
         profiles: TableT,
         profile_writer: BulkTableWriter,
         insights: TableT,
         insight_writer: BulkTableWriter,
         model_snapshots: TableT,
+        messages: TableT,
+        message_writer: BulkTableWriter,
         learning: Learning,
         rules: Rules,
         read_model: ReadModel,
@@ -55,6 +61,9 @@ class Pipeline:
         self.app = app
         self.events_topic = events_topic
         self.segments_topic = segments_topic
+        self.messages_topic = messages_topic
+        self.messages = messages
+        self.message_writer = message_writer
         self.profiles = profiles
         self.profile_writer = profile_writer
         self.insights = insights
@@ -69,6 +78,7 @@ class Pipeline:
         self.deadlines = Deadlines()
         self._held: set[int] = set()
         self.segment_changes = 0
+        self.decisions: dict[str, int] = {}
 
     # -- partitions --------------------------------------------------------------------------------------------------
 
@@ -119,8 +129,9 @@ class Pipeline:
         """Fold, score and segment each user's events from one record; returns how many events were folded."""
         self.sync_assignment()
         models = self.models_for(partition)
-        segments = self.rules.segments.current
+        rules = self.rules.current()
         changes: list[SegmentChange] = []
+        decisions: list[Decision] = []
         folded = 0
         for user_id, events in by_user.items():
             steps = record_steps(self.profiles.data.get(user_id), user_id, events, partition=partition, offset=offset)
@@ -136,50 +147,68 @@ class Pipeline:
                     step.after,
                     step.event,
                     models=models,
-                    segments=segments,
+                    rules=rules,
                     horizon_ms=self.horizon_ms,
                 )
-                self._carry_out(models, effects, changes)
+                self._carry_out(models, effects, changes, decisions)
                 self.clocks.observe(partition, step.event.timestamp_ms)
             assert insight is not None
             self._store(user_id, before, insight, partition)
-        await self.fire_due(partition, changes)
-        await self._emit(changes)
+        await self.fire_due(partition, changes, decisions)
+        await self._emit(changes, decisions, partition)
         return folded
 
-    async def fire_due(self, partition: int, changes: list[SegmentChange] | None = None) -> int:
-        """Run :func:`models.insight.on_clock` for the users on ``partition`` whose deadline has passed."""
+    async def fire_due(
+        self,
+        partition: int,
+        changes: list[SegmentChange] | None = None,
+        decisions: list[Decision] | None = None,
+    ) -> int:
+        """Run :func:`models.insight.on_clock` for the users on ``partition`` whose deadline has passed.
+
+        Pass ``changes`` and ``decisions`` to collect the effects (the caller emits them); without, they are emitted.
+        """
         now = self.clocks.now(partition)
         if now is None:
             return 0
         due = self.deadlines.pop_due(partition, now)
         if not due:
             return 0
-        own = changes is None
+        own = changes is None or decisions is None
         changes = [] if changes is None else changes
+        decisions = [] if decisions is None else decisions
         models = self.models_for(partition)
-        segments = self.rules.segments.current
+        rules = self.rules.current()
         for user_id in due:
             insight = self.insights.data.get(user_id)
             profile = self.profiles.data.get(user_id)
             if insight is None or profile is None:
                 continue
-            updated, effects = on_clock(insight, profile, now, segments=segments, horizon_ms=self.horizon_ms)
-            self._carry_out(models, effects, changes)
+            updated, effects = on_clock(insight, profile, now, rules=rules, horizon_ms=self.horizon_ms)
+            self._carry_out(models, effects, changes, decisions)
             self._store(user_id, insight, updated, partition)
         if own:
-            await self._emit(changes)
+            await self._emit(changes, decisions, partition)
         return len(due)
 
     async def flush(self) -> None:
         """Queue the table writes of everything processed so far (call before the record counts as processed)."""
         await self.profile_writer.flush()
         await self.insight_writer.flush()
+        await self.message_writer.flush()
 
-    def _carry_out(self, models: PartitionModels, effects: Iterable[Effect], changes: list[SegmentChange]) -> None:
+    def _carry_out(
+        self,
+        models: PartitionModels,
+        effects: Iterable[Effect],
+        changes: list[SegmentChange],
+        decisions: list[Decision],
+    ) -> None:
         for effect in effects:
             if isinstance(effect, SegmentChange):
                 changes.append(effect)
+            elif isinstance(effect, Decision):
+                decisions.append(effect)
             else:
                 models.apply(effect)
 
@@ -189,10 +218,36 @@ class Pipeline:
         if before is None or before.public() != insight.public():
             self.read_model.update(user_id, insight)
 
-    async def _emit(self, changes: list[SegmentChange]) -> None:
+    async def _emit(self, changes: list[SegmentChange], decisions: list[Decision], partition: int) -> None:
         for change in changes:
             await self.segments_topic.send(key=change.user_id.encode(), value=segment_record(change))
         self.segment_changes += len(changes)
+        for decision in decisions:
+            record = decision_record(decision)
+            kept = [m for m in self.messages.data.get(decision.user_id, ()) if m["id"] != record["id"]]
+            self.message_writer.put(decision.user_id, [*kept, record][-MAX_KEPT_MESSAGES:], partition=partition)
+            await self.messages_topic.send(key=decision.user_id.encode(), value=orjson.dumps(record))
+            outcome = decision.reason or "sent"
+            self.decisions[outcome] = self.decisions.get(outcome, 0) + 1
+
+
+def decision_record(decision: Decision) -> dict[str, object]:
+    """A decision as ``nudge.messages`` and ``GET /v1/users/{id}/messages`` carry it: the message and why."""
+    return {
+        "id": decision.message_id,
+        "userId": decision.user_id,
+        "trigger": decision.trigger,
+        "rulesVersion": decision.version,
+        "timestamp": iso_from_ms(decision.at_ms),
+        "cause": decision.cause,
+        "outcome": decision.outcome,
+        "reason": decision.reason,
+        "arm": decision.arm,
+        "priority": decision.priority,
+        "message": {"title": decision.title, "body": decision.body},
+        "values": dict(decision.values),
+        "cap": dict(decision.cap),
+    }
 
 
 def segment_record(change: SegmentChange) -> bytes:

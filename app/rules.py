@@ -1,4 +1,4 @@
-"""The declared rule files a worker serves (segments, content map), reloaded when they change on disk.
+"""The declared rule files a worker serves (segments, content map, triggers), reloaded when they change on disk.
 
 A worker refuses to start with a bad file (the error names the file and line). While running, an edited file is
 loaded strictly; if it is refused, the error is logged and shown at ``GET /v1/models`` and the version already
@@ -14,12 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from models import insight
 from models.content import ContentMap, load_content
 from models.segments import SegmentSet, load_segments
+from models.triggers import TriggerSet, load_triggers
 from models.variables import CLOCK_VARIABLES, VARIABLES
 
 log = logging.getLogger(__name__)
-Loaded = TypeVar("Loaded", SegmentSet, ContentMap)
+Loaded = TypeVar("Loaded", SegmentSet, ContentMap, TriggerSet)
 
 
 class RuleFile(Generic[Loaded]):
@@ -67,18 +69,36 @@ class RuleFile(Generic[Loaded]):
 
 
 class Rules:
-    """The segment file and the content map, checked against each other."""
+    """The segment file, the content map and the trigger rules, checked against each other."""
 
-    def __init__(self, segments_file: str | Path, content_file: str | Path) -> None:
+    def __init__(
+        self,
+        segments_file: str | Path,
+        content_file: str | Path,
+        triggers_file: str | Path,
+        *,
+        default_consent: frozenset[str] = frozenset(),
+    ) -> None:
         self.segments: RuleFile[SegmentSet] = RuleFile(segments_file, self._load_segments)
         self.content: RuleFile[ContentMap] = RuleFile(content_file, self._load_content)
+        self.triggers: RuleFile[TriggerSet] = RuleFile(triggers_file, self._load_triggers)
+        self._default_consent = {purpose: True for purpose in default_consent}
 
     def reload_if_changed(self) -> None:
         self.segments.reload_if_changed()
         self.content.reload_if_changed()
+        self.triggers.reload_if_changed()
+
+    def current(self) -> insight.Rules:
+        """The versions in service, as the pure transitions take them."""
+        return insight.Rules(self.segments.current, self.triggers.current, self._default_consent)
 
     def _load_segments(self, text: str, source: str) -> SegmentSet:
         return load_segments(text, source=source, known=VARIABLES, clock=CLOCK_VARIABLES)
 
     def _load_content(self, text: str, source: str) -> ContentMap:
         return load_content(text, source=source, segments=[s.name for s in self.segments.current.segments])
+
+    def _load_triggers(self, text: str, source: str) -> TriggerSet:
+        names = [s.name for s in self.segments.current.segments]
+        return load_triggers(text, source=source, known=VARIABLES, segments=names)

@@ -15,6 +15,7 @@ LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 CLOCKS = ("wall", "event")
 INTENT_MODELS = ("logistic", "forest")
 MIN_SECRET_LENGTH = 16
+PURPOSES = ("analytics", "personalization", "marketing")
 
 
 class SettingsError(ValueError):
@@ -51,6 +52,10 @@ class Settings:
     secret: str = ""
     segments_file: str = "segments.yaml"
     content_file: str = "content.yaml"
+    triggers_file: str = "triggers.yaml"
+    messages_topic: str = "nudge.messages"
+    #: Purposes a user has consented to until they say otherwise (empty: opt-in, the EU-style default).
+    default_consent: frozenset[str] = frozenset()
     #: A scored moment is a positive if the user buys within this many seconds.
     label_horizon_s: int = 1800
     #: ``event``: labels and time windows follow each partition's latest event time, running on with the wall clock
@@ -87,6 +92,9 @@ class Settings:
             "secret": env.get("NUDGE_SECRET", ""),
             "segments_file": env.get("NUDGE_SEGMENTS_FILE") or defaults.segments_file,
             "content_file": env.get("NUDGE_CONTENT_FILE") or defaults.content_file,
+            "triggers_file": env.get("NUDGE_TRIGGERS_FILE") or defaults.triggers_file,
+            "messages_topic": env.get("NUDGE_MESSAGES_TOPIC", defaults.messages_topic),
+            "default_consent": _keys(env, "NUDGE_DEFAULT_CONSENT"),
             "label_horizon_s": _int(env, "NUDGE_LABEL_HORIZON_S", defaults.label_horizon_s, 1, 30 * 86400),
             "clock": (env.get("NUDGE_CLOCK") or defaults.clock).lower(),
             "intent_model": (env.get("NUDGE_INTENT_MODEL") or defaults.intent_model).lower(),
@@ -110,6 +118,11 @@ class Settings:
             raise SettingsError(
                 f"NUDGE_SECRET is {'empty' if not self.secret else 'too short'}: set at least "
                 f"{MIN_SECRET_LENGTH} random characters (it signs model snapshots)"
+            )
+        unknown = sorted(self.default_consent - set(PURPOSES))
+        if unknown:
+            raise SettingsError(
+                f"NUDGE_DEFAULT_CONSENT: unknown purpose {unknown[0]!r}: expected {', '.join(PURPOSES)}"
             )
         if self.clock not in CLOCKS:
             raise SettingsError(f"NUDGE_CLOCK={self.clock!r}: expected one of {', '.join(CLOCKS)}")

@@ -10,20 +10,22 @@ a label, and when the clock alone may next change a segment. Two transitions upd
   ran out without a purchase and re-evaluate segments that depend on elapsed time.
 
 Both read the partition's models without changing them and return effects as data: :class:`labels.Resolved`
-(learn this sample), :class:`LearnCluster` and :class:`SegmentChange`. The caller carries them out in order.
+(learn this sample), :class:`LearnCluster`, :class:`SegmentChange` and :class:`models.triggers.Decision` (a trigger
+came due: sent or suppressed). The caller carries them out in order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from app.events import Event
-from models import labels
+from models import labels, triggers
 from models.clusters import cluster_features
 from models.features import features, product_seen_before
 from models.segments import SegmentSet, transitions
+from models.triggers import Decision, TriggerSet, TriggerState
 from models.variables import next_change, variables
 from tables.profile import Profile
 
@@ -56,10 +58,11 @@ class Insight:
     recheck_ms: int | None = None
     #: Event time of the latest update.
     as_of_ms: int = 0
+    triggers: TriggerState = field(default_factory=TriggerState)
 
     def due_ms(self, horizon_ms: int) -> int | None:
-        """When :func:`on_clock` has work for this user: a label expires or a segment may change."""
-        times = [t for t in (self.recheck_ms,) if t is not None]
+        """When :func:`on_clock` has work for this user: a label expires, a segment may change, a trigger is due."""
+        times = [t for t in (self.recheck_ms, self.triggers.due_ms()) if t is not None]
         if self.pending:
             times.append(self.pending[0].timestamp_ms + horizon_ms + 1)
         return min(times) if times else None
@@ -86,7 +89,16 @@ class SegmentChange:
     cause: str
 
 
-Effect = labels.Resolved | LearnCluster | SegmentChange
+Effect = labels.Resolved | LearnCluster | SegmentChange | Decision
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The declared rules a transition applies, and the consent a user has unless they said otherwise."""
+
+    segments: SegmentSet
+    triggers: TriggerSet
+    default_consent: Mapping[str, bool] = field(default_factory=dict)
 
 
 def on_event(
@@ -96,7 +108,7 @@ def on_event(
     event: Event,
     *,
     models: Models,
-    segments: SegmentSet,
+    rules: Rules,
     horizon_ms: int,
 ) -> tuple[Insight, list[Effect]]:
     """Update ``insight`` for ``event``, just folded: ``before`` and ``after`` are the profile around it."""
@@ -119,17 +131,17 @@ def on_event(
         cluster = models.assign(shape)
         effects.append(LearnCluster(shape))
     updated = replace(current, intent=intent, model_version=version, cluster=cluster, pending=pending, as_of_ms=now)
-    return _segments(updated, after, now, event.name, segments, effects)
+    return _segments_and_triggers(updated, after, now, event.name, rules, effects)
 
 
 def on_clock(
-    insight: Insight, profile: Profile, now_ms: int, *, segments: SegmentSet, horizon_ms: int
+    insight: Insight, profile: Profile, now_ms: int, *, rules: Rules, horizon_ms: int
 ) -> tuple[Insight, list[Effect]]:
-    """Update ``insight`` as time passes with no event of the user: expire labels, re-evaluate segments."""
+    """Update ``insight`` as time passes with no event of the user: labels expire, segments and triggers come due."""
     pending, expired = labels.expire(insight.pending, now_ms, horizon_ms)
     effects: list[Effect] = list(expired)
     updated = replace(insight, pending=pending, as_of_ms=max(insight.as_of_ms, now_ms))
-    return _segments(updated, profile, now_ms, "", segments, effects)
+    return _segments_and_triggers(updated, profile, now_ms, "", rules, effects)
 
 
 def has_cart_this_session(profile: Profile) -> float:
@@ -139,9 +151,17 @@ def has_cart_this_session(profile: Profile) -> float:
     return 1.0 if profile.cart and session and changed and changed >= session.started_ms else 0.0
 
 
-def _segments(
-    insight: Insight, profile: Profile, now: int, cause: str, segments: SegmentSet, effects: list[Effect]
+def message_values(profile: Profile, values: Mapping[str, object]) -> dict[str, object]:
+    """The rule variables plus what message templates may name (:data:`models.triggers.TEMPLATE_EXTRAS`)."""
+    cart = sorted(profile.cart.values(), key=lambda item: (-item.price * item.quantity, item.product_id))
+    recommended = next((p for p in profile.recent_items if p not in profile.cart), None)
+    return {**values, "top_cart_item": cart[0].product_id if cart else None, "recommended_item": recommended}
+
+
+def _segments_and_triggers(
+    insight: Insight, profile: Profile, now: int, cause: str, rules: Rules, effects: list[Effect]
 ) -> tuple[Insight, list[Effect]]:
+    segments = rules.segments
     values = variables(profile, now_ms=now, event=cause, intent=insight.intent, cluster=insight.cluster)
     members = segments.memberships(values)
     entered, exited = transitions(frozenset(insight.segments), members)
@@ -150,4 +170,28 @@ def _segments(
     for name in exited:
         effects.append(SegmentChange(profile.user_id, name, False, now, segments.version, cause or "clock"))
     recheck = next_change(profile, segments.clock_thresholds, now)
-    return replace(insight, segments=tuple(sorted(members)), recheck_ms=recheck), effects
+    consent = {**rules.default_consent, **profile.consent}
+    shown = message_values(profile, values)
+    if cause:
+        state, decisions = triggers.on_event(
+            insight.triggers,
+            rules.triggers,
+            user_id=profile.user_id,
+            event=cause,
+            entered=entered,
+            values=shown,
+            consent=consent,
+            now_ms=now,
+        )
+    else:
+        state, decisions = triggers.on_clock(
+            insight.triggers,
+            rules.triggers,
+            user_id=profile.user_id,
+            values=shown,
+            consent=consent,
+            now_ms=now,
+            entered=entered,
+        )
+    effects.extend(decisions)
+    return replace(insight, segments=tuple(sorted(members)), recheck_ms=recheck, triggers=state), effects

@@ -192,13 +192,16 @@ def on_clock(
     values: Mapping[str, Any],
     consent: Mapping[str, bool],
     now_ms: int,
+    entered: Collection[str] = (),
 ) -> tuple[TriggerState, list[Decision]]:
-    """The partition clock reached ``now_ms``: fire every armed deadline that passed, once."""
+    """The partition clock reached ``now_ms``: fire every armed deadline that passed, once, and the ``entered``
+    triggers of segments the clock alone put the user in."""
     passed = [a for a in state.armed if a.due_ms <= now_ms]
-    if not passed:
+    due = [(t, f"entered {t.subject}") for t in rules.triggers if t.kind == "entered" and t.subject in entered]
+    if not passed and not due:
         return state, []
     state = replace(state, armed=tuple(a for a in state.armed if a.due_ms > now_ms))
-    due = [(t, "clock") for a in passed if (t := rules.by_name(a.trigger)) is not None]
+    due += [(t, "clock") for a in passed if (t := rules.by_name(a.trigger)) is not None]
     return _decide(state, rules, due, user_id=user_id, values=values, consent=consent, now_ms=now_ms)
 
 

@@ -25,6 +25,7 @@ MAX_CART_ITEMS = 50
 MAX_CATEGORIES = 32
 MAX_RECENT_ITEMS = 20
 MAX_SEEN_IDS = 64
+MAX_CONSENT_PURPOSES = 32
 OTHER = "(other)"
 
 #: How much each kind of interaction adds to the affinity of the product's category.
@@ -68,6 +69,8 @@ class Profile:
     affinity: Mapping[str, float] = field(default_factory=dict)
     affinity_as_of_ms: int = 0
     recent_items: tuple[str, ...] = ()
+    #: Consent per purpose as the user last stated it (Segment: ``context.consent.categoryPreferences``).
+    consent: Mapping[str, bool] = field(default_factory=dict)
     #: Idempotency: the source partition and offset last applied, and hashes of recent messageIds.
     source_partition: int = -1
     source_offset: int = -1
@@ -170,6 +173,9 @@ def fold(profile: Profile, event: Event) -> Profile:
     if weight is not None:
         categories = _order_categories(props) if name == "Order Completed" else [category]
         changes.update(_affinity(profile, [c for c in categories if c], weight, ts))
+    stated = _stated_consent(event.context)
+    if stated:
+        changes["consent"] = _merge_consent(profile.consent, stated)
     return replace(profile, **changes)
 
 
@@ -260,6 +266,23 @@ def _count(counts: Mapping[str, int], key: str, limit: int = MAX_EVENT_NAMES) ->
     updated = dict(counts)
     updated[key] = updated.get(key, 0) + 1
     return updated
+
+
+def _stated_consent(context: Mapping[str, Any]) -> dict[str, bool]:
+    """Purposes an event states consent for; values that are not true/false are ignored."""
+    consent = context.get("consent")
+    preferences = consent.get("categoryPreferences") if isinstance(consent, dict) else None
+    if not isinstance(preferences, dict):
+        return {}
+    return {k: v for k, v in preferences.items() if isinstance(k, str) and 0 < len(k) <= 64 and isinstance(v, bool)}
+
+
+def _merge_consent(current: Mapping[str, bool], stated: Mapping[str, bool]) -> dict[str, bool]:
+    merged = dict(current)
+    for purpose, granted in stated.items():
+        if purpose in merged or len(merged) < MAX_CONSENT_PURPOSES:
+            merged[purpose] = granted
+    return merged
 
 
 def _products(props: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -48,6 +48,7 @@ def profile_view(profile: Profile, *, now_ms: int) -> dict[str, Any]:
         "rfm": rfm(profile, now_ms=now_ms),
         "category_affinity": decayed_affinity(profile, now_ms),
         "recently_viewed": list(profile.recent_items),
+        "consent": dict(profile.consent),
     }
 
 

@@ -80,6 +80,7 @@ async def test_worker_refuses_a_topic_with_another_partition_count(tmp_path: obj
             "NUDGE_SECRET": "a-test-secret-of-32-characters!!",
             "NUDGE_SEGMENTS_FILE": str(REPO_ROOT / "segments.yaml"),
             "NUDGE_CONTENT_FILE": str(REPO_ROOT / "content.yaml"),
+            "NUDGE_TRIGGERS_FILE": str(REPO_ROOT / "triggers.yaml"),
         }
         result = subprocess.run(
             [sys.executable, "-m", "app.cli", "worker"], capture_output=True, text=True, timeout=60, env=env

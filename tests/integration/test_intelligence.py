@@ -43,12 +43,16 @@ rules:
 """
 
 
-def rule_files(tmp_path: Path, segments: str = SEGMENTS, content: str = CONTENT) -> dict[str, str]:
+def rule_files(
+    tmp_path: Path, segments: str = SEGMENTS, content: str = CONTENT, triggers: str = "triggers: {}\n"
+) -> dict[str, str]:
     (tmp_path / "segments.yaml").write_text(segments)
     (tmp_path / "content.yaml").write_text(content)
+    (tmp_path / "triggers.yaml").write_text(triggers)
     return {
         "NUDGE_SEGMENTS_FILE": str(tmp_path / "segments.yaml"),
         "NUDGE_CONTENT_FILE": str(tmp_path / "content.yaml"),
+        "NUDGE_TRIGGERS_FILE": str(tmp_path / "triggers.yaml"),
     }
 
 
@@ -72,13 +76,17 @@ async def models(stack: DevStack, url: str | None = None) -> dict[str, Any]:
     return body
 
 
-async def segment_records(stack: DevStack) -> list[dict[str, Any]]:
+async def topic_records(stack: DevStack, topic: str) -> list[dict[str, Any]]:
     bootstrap = stack.broker.bootstrap
-    ends = await end_offsets(bootstrap, "nudge.segments", stack.partitions)
+    ends = await end_offsets(bootstrap, topic, stack.partitions)
     records = []
     for partition, end in ends.items():
-        records += [orjson.loads(r.value) for r in await read_range(bootstrap, "nudge.segments", partition, 0, end)]
+        records += [orjson.loads(r.value) for r in await read_range(bootstrap, topic, partition, 0, end)]
     return records
+
+
+async def segment_records(stack: DevStack) -> list[dict[str, Any]]:
+    return await topic_records(stack, "nudge.segments")
 
 
 async def test_a_shopper_enters_and_leaves_segments_and_the_decision_follows(tmp_path: Path) -> None:
@@ -218,3 +226,63 @@ async def test_unknown_users_get_the_default_decision_and_strangers_none(tmp_pat
         assert shown["content"] == {"banner": {"title": "Welcome", "segment": None}}
         status, _ = await get_json(f"{stack.http}/v1/users/nobody/decision", api_key="wrong")
         assert status == 401
+
+
+TRIGGERS = """\
+cap_per_user_per_day: 5
+triggers:
+  cart_idle:
+    when: {inactive: 3s}
+    if: cart_items > 0
+    message: {title: "Still thinking about {top_cart_item}?", body: "{cart_items} item(s), {cart_value} in total"}
+    consent: marketing
+  add_thanks:
+    when: {event: Product Added}
+    message: {title: "Added!"}
+    consent: marketing
+    holdout: 100
+"""
+
+
+async def messages(stack: DevStack, user: str) -> list[dict[str, Any]]:
+    status, body = await get_json(f"{stack.http}/v1/users/{user}/messages", api_key=stack.api_key)
+    assert status == 200, body
+    return list(body["messages"])
+
+
+async def test_triggers_fire_on_inactivity_respect_consent_and_holdout_and_explain_themselves(tmp_path: Path) -> None:
+    env = rule_files(tmp_path, triggers=TRIGGERS)
+    async with DevStack(root=tmp_path / "stack", extra_env=env) as stack:
+        consent = {"consent": {"categoryPreferences": {"marketing": True}}}
+        add = {"event": "Product Added", "properties": {"product_id": "red-shoes", "price": 59.5}}
+        await track(stack, {"userId": "ann", **add, "context": consent}, {"userId": "bob", **add})
+
+        async def decided(user: str, count: int) -> bool:
+            return len(await messages(stack, user)) == count
+
+        await wait_for(lambda: decided("ann", 2), timeout=15, what="ann's two decisions")
+        await wait_for(lambda: decided("bob", 2), timeout=15, what="bob's two decisions")
+        ann = {m["trigger"]: m for m in await messages(stack, "ann")}
+        assert (ann["cart_idle"]["outcome"], ann["cart_idle"]["reason"], ann["cart_idle"]["cause"]) == (
+            "sent",
+            None,
+            "clock",
+        )
+        assert ann["cart_idle"]["message"] == {
+            "title": "Still thinking about red-shoes?",
+            "body": "1 item(s), 59.50 in total",
+        }
+        assert ann["cart_idle"]["values"]["cart_items"] == 1
+        assert (ann["add_thanks"]["reason"], ann["add_thanks"]["arm"]) == ("holdout", "control")
+        bob = {m["trigger"]: m for m in await messages(stack, "bob")}
+        assert {t: (m["outcome"], m["reason"]) for t, m in bob.items()} == {
+            "cart_idle": ("suppressed", "consent"),
+            "add_thanks": ("suppressed", "consent"),
+        }
+
+        async def on_the_topic() -> bool:
+            return len(await topic_records(stack, "nudge.messages")) == 4
+
+        await wait_for(on_the_topic, timeout=10, what="four decision records on nudge.messages")
+        records = await topic_records(stack, "nudge.messages")
+        assert {r["id"] for r in records} == {m["id"] for m in [*ann.values(), *bob.values()]}

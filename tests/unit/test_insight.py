@@ -10,15 +10,17 @@ from app.codecs import decode_insight, encode_insight
 from app.deadlines import Deadlines, PartitionClocks
 from app.events import Event
 from models import labels
-from models.insight import Insight, LearnCluster, SegmentChange, on_clock, on_event
+from models.insight import Insight, LearnCluster, Rules, SegmentChange, on_clock, on_event
 from models.partition import PartitionModels, SnapshotError, decode_snapshot, encode_snapshot
 from models.segments import SegmentSet, load_segments
+from models.triggers import Decision, TriggerSet, load_triggers
 from models.variables import CLOCK_VARIABLES, VARIABLES
 from tables.profile import Profile, fold
 
 T0 = 1_767_225_600_000
 MINUTE = 60_000
 HORIZON = 30 * MINUTE
+NO_TRIGGERS = TriggerSet("none", (), 0)
 SEGMENTS = load_segments(
     (Path(__file__).resolve().parents[2] / "segments.yaml").read_text(),
     source="segments.yaml",
@@ -35,20 +37,25 @@ def event(name: str, minute: float, user: str = "u1", **props: object) -> Event:
 class Journey:
     """Feeds events and clock ticks through the pure transitions, carrying out effects like the pipeline does."""
 
-    def __init__(self, segments: SegmentSet = SEGMENTS) -> None:
+    def __init__(self, segments: SegmentSet = SEGMENTS, triggers: TriggerSet = NO_TRIGGERS) -> None:
         self.models = PartitionModels(0)
-        self.segments = segments
+        self.rules = Rules(segments, triggers)
         self.profile: Profile | None = None
         self.insight: Insight | None = None
         self.changes: list[SegmentChange] = []
         self.resolved: list[labels.Resolved] = []
+        self.decisions: list[Decision] = []
 
-    def send(self, name: str, minute: float, **props: object) -> Insight:
+    def send(self, name: str, minute: float, context: dict[str, object] | None = None, **props: object) -> Insight:
         step = event(name, minute, **props)
+        if context is not None:
+            step = Event(
+                step.type, step.name, step.user_id, step.message_id, step.timestamp_ms, props, {"consent": context}
+            )
         before = self.profile
         self.profile = fold(before or Profile(user_id="u1"), step)
         self.insight, effects = on_event(
-            self.insight, before, self.profile, step, models=self.models, segments=self.segments, horizon_ms=HORIZON
+            self.insight, before, self.profile, step, models=self.models, rules=self.rules, horizon_ms=HORIZON
         )
         self._carry_out(effects)
         return self.insight
@@ -56,15 +63,17 @@ class Journey:
     def tick(self, minute: float) -> Insight:
         assert self.insight is not None and self.profile is not None
         self.insight, effects = on_clock(
-            self.insight, self.profile, T0 + int(minute * MINUTE), segments=self.segments, horizon_ms=HORIZON
+            self.insight, self.profile, T0 + int(minute * MINUTE), rules=self.rules, horizon_ms=HORIZON
         )
         self._carry_out(effects)
         return self.insight
 
-    def _carry_out(self, effects: list[labels.Resolved | LearnCluster | SegmentChange]) -> None:
+    def _carry_out(self, effects: list[labels.Resolved | LearnCluster | SegmentChange | Decision]) -> None:
         for effect in effects:
             if isinstance(effect, SegmentChange):
                 self.changes.append(effect)
+            elif isinstance(effect, Decision):
+                self.decisions.append(effect)
             else:
                 if isinstance(effect, labels.Resolved):
                     self.resolved.append(effect)
@@ -140,6 +149,24 @@ def test_a_user_is_clustered_on_first_sight_and_reclustered_when_behaviour_chang
     assert journey.models.clusters.version == learned  # a view within the session: same shape
     journey.send("Order Completed", 2, revenue=100.0)
     assert journey.models.clusters.version == learned + 1
+
+
+def test_a_trigger_reads_the_profile_consent_and_fills_its_message_from_the_cart() -> None:
+    triggers = load_triggers(
+        "triggers:\n  idle:\n    when: {inactive: 15m}\n    if: cart_items > 0\n"
+        "    message: {title: 'Still want {top_cart_item}?'}\n    consent: marketing\n",
+        source="t.yaml",
+        known=VARIABLES,
+        segments=(),
+    )
+    granted, silent = Journey(triggers=triggers), Journey(triggers=triggers)
+    for journey, preferences in ((granted, {"marketing": True}), (silent, {})):
+        journey.send("Product Added", 0, product_id="boots", price=80.0, context={"categoryPreferences": preferences})
+        journey.tick(15)
+    [sent] = granted.decisions
+    assert (sent.outcome, sent.title, sent.cause) == ("sent", "Still want boots?", "clock")
+    assert [(d.outcome, d.reason) for d in silent.decisions] == [("suppressed", "consent")]
+    assert decode_insight(encode_insight(granted.insight or Insight())).triggers == granted.insight.triggers
 
 
 def test_insights_survive_their_changelog_encoding() -> None:

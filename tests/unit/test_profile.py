@@ -538,3 +538,14 @@ def test_re_adding_a_product_without_a_category_keeps_the_known_category() -> No
     profile = fold_all([add("p1", price=5.0, category="shoes"), add("p1", T0 + 1)])
     assert profile.cart["p1"].category == "shoes"
     assert profile.cart["p1"].quantity == 2
+
+
+def test_consent_follows_what_the_user_last_stated_per_purpose() -> None:
+    def stated(preferences: object, ts: int) -> Event:
+        return Event("track", "Page Viewed", "u1", f"c{ts}", ts, {}, {"consent": {"categoryPreferences": preferences}})
+
+    profile = fold(Profile(user_id="u1"), stated({"marketing": True, "analytics": True}, 1))
+    profile = fold(profile, stated({"marketing": False, "ads": "yes", "": True}, 2))  # not true/false: ignored
+    profile = fold(profile, stated("everything", 3))  # not a mapping: ignored
+    assert profile.consent == {"marketing": False, "analytics": True}
+    assert decode_profile(encode_profile(profile)).consent == profile.consent

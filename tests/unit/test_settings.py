@@ -202,3 +202,12 @@ def test_log_level_is_case_insensitive() -> None:
 
 def test_rocksdb_store_is_refused_until_supported() -> None:
     assert "only memory:// is supported" in refusal(env(NUDGE_STORE="rocksdb://"))
+
+
+def test_default_consent_is_opt_in_and_names_known_purposes_only() -> None:
+    assert Settings.from_env(REQUIRED).default_consent == frozenset()
+    granted = Settings.from_env(env(NUDGE_DEFAULT_CONSENT="analytics, personalization"))
+    assert granted.default_consent == {"analytics", "personalization"}
+    assert refusal(env(NUDGE_DEFAULT_CONSENT="analytics,ads")).startswith(
+        "NUDGE_DEFAULT_CONSENT: unknown purpose 'ads'"
+    )
