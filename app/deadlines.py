@@ -32,7 +32,12 @@ class Deadlines:
         if due.get(user_id) == due_ms:
             return
         due[user_id] = due_ms
-        heapq.heappush(self._heaps.setdefault(partition, []), (due_ms, user_id))
+        heap = self._heaps.setdefault(partition, [])
+        heapq.heappush(heap, (due_ms, user_id))
+        if len(heap) > 2 * len(due) + 1024:
+            # Every event moves an inactivity deadline: drop the superseded entries before they pile up.
+            heap[:] = [(at, user) for user, at in due.items()]
+            heapq.heapify(heap)
 
     def pop_due(self, partition: int, now_ms: int, limit: int = 10_000) -> list[str]:
         """Users on ``partition`` due at or before ``now_ms``, earliest first; their deadline is cleared."""

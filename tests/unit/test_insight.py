@@ -212,6 +212,14 @@ def test_deadlines_fire_once_in_order_and_a_reschedule_replaces_the_old_one() ->
     assert deadlines.pop_due(1, 10_000) == ["other partition"]
 
 
+def test_rescheduling_a_deadline_often_keeps_the_heap_small() -> None:
+    deadlines = Deadlines()
+    for step in range(50_000):
+        deadlines.schedule(0, f"u{step % 10}", T0 + step)
+    assert len(deadlines._heaps[0]) <= 2 * 10 + 1024 + 1
+    assert deadlines.pop_due(0, T0 + 60_000) == [f"u{i}" for i in range(10)]
+
+
 def test_the_event_clock_follows_the_latest_event_and_runs_on_with_the_wall_clock_between_events() -> None:
     seconds = [100.0]
     clocks = PartitionClocks("event", monotonic=lambda: seconds[0])
