@@ -21,7 +21,12 @@ DEMO_HORIZON_S = 30
 
 
 async def run(*, rate: float, users: int, bad_share: float) -> None:
-    async with DevStack(workers=1, extra_env={"NUDGE_LABEL_HORIZON_S": str(DEMO_HORIZON_S)}) as stack:
+    demo_env = {
+        "NUDGE_LABEL_HORIZON_S": str(DEMO_HORIZON_S),
+        # The simulated shoppers have consented to everything (a real deployment starts opt-in).
+        "NUDGE_DEFAULT_CONSENT": "analytics,personalization,marketing",
+    }
+    async with DevStack(workers=1, extra_env=demo_env) as stack:
         sample_user = "u1"
         print(_banner(stack, sample_user), flush=True)
         sent = Progress("sent", stream=None)
@@ -76,9 +81,12 @@ async def _summarise(stack: DevStack, sender: asyncio.Task[Any], sent: Progress)
                     if pooled["auc"] is not None
                     else f"AUC once the first labels expire ({DEMO_HORIZON_S} s without a purchase)"
                 )
+                decided = models["triggers"]["decisions"]
+                outcomes = ", ".join(f"{count:,} {outcome}" for outcome, count in sorted(decided.items())) or "none"
                 print(
                     f"          {models['segments']['changes_emitted']:7,} segment changes   intent model: "
-                    f"{pooled['samples']:,} labels learned ({pooled['positives']:,} purchases), {quality}",
+                    f"{pooled['samples']:,} labels learned ({pooled['positives']:,} purchases), {quality}\n"
+                    f"          trigger decisions: {outcomes}",
                     flush=True,
                 )
             previous = (now, stats["events"])
@@ -94,6 +102,7 @@ def _banner(stack: DevStack, user: str) -> str:
             f"  collector  {stack.http}/v1/batch   (write key {stack.write_key})",
             f"  profile    curl -s {auth} {stack.http}/v1/users/{user}/profile",
             f"  decision   curl -s {auth} {stack.http}/v1/users/{user}/decision",
+            f"  messages   curl -s {auth} {stack.http}/v1/users/{user}/messages",
             f"  models     curl -s {auth} {stack.http}/v1/models",
             f"  read model redis-cli -u {stack.redis.url} hgetall {stack.app_id}:user:{user}",
             f"  stats      curl -s {auth} {stack.http}/v1/stats",
