@@ -1,4 +1,4 @@
-"""The read API: profiles, decisions, models, worker stats and health.
+"""The read API: profiles, decisions, messages, models, websocket tokens, worker stats and health.
 
 ``GET /v1/users/{id}/profile`` and ``GET /v1/users/{id}/decision`` are answered by whichever worker owns the user's
 partition: Faust's table routing forwards the request there. ``GET /v1/models`` describes the models of the
@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, cast
 
+import orjson
 from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
@@ -26,6 +27,7 @@ from tables.insights import insights
 from tables.messages import messages
 from tables.profile_view import profile_view
 from tables.profiles import profiles
+from ws.tokens import DEFAULT_TTL_S, TokenError, issue_token
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -91,6 +93,35 @@ def decision(user_id: str, insight: Insight | None) -> dict[str, Any]:
 async def get_messages(view: View, request: Request, user_id: str) -> Response:
     """The user's latest trigger decisions, newest first: sent, or suppressed with the reason and what was read."""
     return view.json({"user_id": user_id, "messages": list(reversed(messages.data.get(user_id, [])))})
+
+
+MAX_TOKEN_TTL_S = 3600
+
+
+@app.page("/v1/ws-token")
+class WebsocketToken(View):
+    """``POST {"userId": ..., "ttl_s"?: 1..3600}``: a short-lived token the browser presents to the gateway.
+
+    For the shop's backend, which knows who is logged in (API key required); see :mod:`ws.tokens`.
+    """
+
+    @requires_api_key
+    async def post(self, request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self.json({"error": "the body is not JSON"}, status=400)
+        if not isinstance(body, dict) or not isinstance(body.get("userId"), str):
+            return self.json({"error": 'expected {"userId": "...", "ttl_s": seconds}'}, status=400)
+        ttl = body.get("ttl_s", DEFAULT_TTL_S)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TOKEN_TTL_S:
+            return self.json({"error": f"ttl_s must be a whole number of seconds, 1..{MAX_TOKEN_TTL_S}"}, status=400)
+        expires_at = int(time.time()) + ttl
+        try:
+            token = issue_token(settings.secret.encode(), body["userId"], expires_at=expires_at)
+        except TokenError as error:
+            return self.json({"error": f"userId refused: {error.reason}"}, status=400)
+        return self.json({"token": token, "user_id": body["userId"], "expires_at": expires_at})
 
 
 @app.page("/v1/models")

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from app.devstack import DevStack
 from app.offsets import read_range
 from tests.integration.conftest import end_offsets, get_json, wait_for
+from ws.tokens import TokenError, verify_token
 
 pytestmark = pytest.mark.integration
 
@@ -226,6 +227,27 @@ async def test_unknown_users_get_the_default_decision_and_strangers_none(tmp_pat
         assert shown["content"] == {"banner": {"title": "Welcome", "segment": None}}
         status, _ = await get_json(f"{stack.http}/v1/users/nobody/decision", api_key="wrong")
         assert status == 401
+
+
+async def test_the_shop_backend_gets_a_short_lived_websocket_token_for_a_user(stack: DevStack) -> None:
+    async def post(body: bytes, key: str | None = stack.api_key) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.post(f"{stack.http}/v1/ws-token", data=body) as response,
+        ):
+            return response.status, await response.json(content_type=None)
+
+    status, issued = await post(b'{"userId": "ann", "ttl_s": 60}')
+    assert status == 200, issued
+    assert verify_token(stack.secret.encode(), issued["token"], now=time.time()) == "ann"
+    assert 55 <= issued["expires_at"] - time.time() <= 60
+    with pytest.raises(TokenError, match="expired"):
+        verify_token(stack.secret.encode(), issued["token"], now=time.time() + 61)
+    assert (await post(b'{"userId": "ann"}', key=None))[0] == 401
+    assert await post(b"not json") == (400, {"error": "the body is not JSON"})
+    assert (await post(b'{"userId": "ann", "ttl_s": 86400}'))[1]["error"].startswith("ttl_s must be")
+    assert (await post(b'{"userId": "a\\u0000b"}'))[1] == {"error": "userId refused: user id invalid"}
 
 
 TRIGGERS = """\
