@@ -1,0 +1,72 @@
+"""The Redis side of delivery against a real Redis: inbox, presence, and publishing to the node holding a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from app.devstack import EmbeddedRedis
+from ws.delivery import absent, acknowledge, channel, deliver, inbox, inbox_key, present
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[tuple[Redis, str]]:
+    server = EmbeddedRedis()
+    server.start()
+    client = Redis.from_url(server.url)
+    prefix = f"test-{secrets.token_hex(4)}"  # the machine's Redis is shared: keys of this test only
+    try:
+        yield client, prefix
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        server.stop()
+
+
+async def test_an_offline_users_messages_wait_in_the_inbox_until_acknowledged(redis: tuple[Redis, str]) -> None:
+    client, prefix = redis
+    assert await deliver(client, prefix, "ann", "m2", {"title": "second"}, at_ms=2, inbox_ttl_s=600) == 0
+    assert await deliver(client, prefix, "ann", "m1", {"title": "first"}, at_ms=1, inbox_ttl_s=600) == 0
+    assert await deliver(client, prefix, "ann", "m1", {"title": "first"}, at_ms=1, inbox_ttl_s=600) == 0  # again
+    assert await inbox(client, prefix, "ann") == [("m1", {"title": "first"}), ("m2", {"title": "second"})]
+    assert 0 < await client.ttl(inbox_key(prefix, "ann")) <= 600
+    assert await inbox(client, prefix, "bob") == []
+    await acknowledge(client, prefix, "ann", "m1")
+    assert await inbox(client, prefix, "ann") == [("m2", {"title": "second"})]
+
+
+async def test_a_message_is_published_only_to_the_nodes_holding_the_users_sockets(redis: tuple[Redis, str]) -> None:
+    client, prefix = redis
+    received: dict[str, list[dict[str, Any]]] = {"node-a": [], "node-b": []}
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel(prefix, "node-a"), channel(prefix, "node-b"))
+    await present(client, prefix, "ann", "node-a", ttl_s=30)
+    await present(client, prefix, "bob", "node-b", ttl_s=30)
+
+    assert await deliver(client, prefix, "ann", "m1", {"title": "for ann"}, at_ms=1) == 1
+
+    async def next_message() -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None:
+                node = message["channel"].decode().rsplit(":", 1)[1]
+                received[node].append(orjson.loads(message["data"]))
+                return
+
+    await asyncio.wait_for(next_message(), timeout=5)
+    assert received == {"node-a": [{"user": "ann", "id": "m1", "payload": {"title": "for ann"}}], "node-b": []}
+
+    await absent(client, prefix, "ann", "node-a")
+    assert await deliver(client, prefix, "ann", "m2", {"title": "later"}, at_ms=2) == 0
+    assert [m for m, _ in await inbox(client, prefix, "ann")] == ["m1", "m2"]
+    await pubsub.aclose()
