@@ -65,11 +65,11 @@ async def run(*, events: int, users: int, runs: int) -> dict[str, Any]:
 async def _run_nudge(corpus: list[bytes]) -> float:
     stack = DevStack(workers=0, partitions=PARTITIONS)
     async with stack:
-        await _produce_batched(stack.broker.bootstrap, corpus)
+        await produce_batched(stack.broker.bootstrap, corpus)
         worker = stack.new_worker(0)
         worker.start()
         stack.nodes.append(worker)
-        stats = await _wait_until_processed(worker, stack.api_key, len(corpus))
+        stats = await wait_until_processed(worker, stack.api_key, len(corpus))
         return len(corpus) / (stats["last_event_at"] - stats["first_event_at"])
 
 
@@ -116,7 +116,7 @@ async def _run_baseline(corpus: list[bytes]) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def _produce_batched(bootstrap: str, corpus: list[bytes]) -> None:
+async def produce_batched(bootstrap: str, corpus: list[bytes]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1024 * 1024)
     await producer.start()
     try:
@@ -146,7 +146,7 @@ async def _produce_single(bootstrap: str, corpus: list[bytes]) -> None:
         await producer.stop()
 
 
-async def _wait_until_processed(worker: Worker, api_key: str, count: int) -> dict[str, Any]:
+async def wait_until_processed(worker: Worker, api_key: str, count: int) -> dict[str, Any]:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as session:
         while time.monotonic() < deadline:

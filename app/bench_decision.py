@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.bench import PARTITIONS, _produce_batched, _wait_until_processed
+from app.bench import PARTITIONS, produce_batched, wait_until_processed
 from app.devstack import DevStack
 from app.events import user_key
 from app.simulate import simulate_events
@@ -33,8 +33,8 @@ async def run(*, rate: float, seconds: float, runs: int, users: int, events: int
     corpus = [orjson.dumps(e) for e in simulate_events(users=users, events=events, seed=5) if isinstance(e, dict)]
     user_ids = sorted({user_key(orjson.loads(raw)) for raw in corpus})
     async with DevStack(workers=1, partitions=PARTITIONS) as stack:
-        await _produce_batched(stack.broker.bootstrap, corpus)
-        await _wait_until_processed(stack.nodes[0], stack.api_key, len(corpus))
+        await produce_batched(stack.broker.bootstrap, corpus)
+        await wait_until_processed(stack.nodes[0], stack.api_key, len(corpus))
         headers = {"Authorization": f"Bearer {stack.api_key}"}
         connector = aiohttp.TCPConnector(limit=256)
         async with aiohttp.ClientSession(headers=headers, connector=connector) as session:

@@ -51,9 +51,6 @@ class Deadlines:
                 users.append(user_id)
         return users
 
-    def pending(self, partition: int) -> int:
-        return len(self._due.get(partition, {}))
-
     def drop(self, partition: int) -> None:
         self._heaps.pop(partition, None)
         self._due.pop(partition, None)

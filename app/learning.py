@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from models.intent import Kind
-from models.partition import PartitionModels, SnapshotError, decode_snapshot, encode_snapshot
+from models.partition import PartitionModels, decode_snapshot, encode_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Learning:
         if snapshot is not None:
             try:
                 loaded = decode_snapshot(snapshot, self._secret)
-            except (SnapshotError, Exception) as error:  # a snapshot from another version of the code is unusable
+            except Exception as error:  # a forged snapshot (SnapshotError), or one from another version of the code
                 log.error("partition %d: model snapshot refused, starting fresh: %s", partition, error)
         held = self.models.get(partition)
         chosen = max((m for m in (held, loaded) if m is not None), key=lambda m: m.learned, default=None)

@@ -154,29 +154,25 @@ class Pipeline:
                 self.clocks.observe(partition, step.event.timestamp_ms)
             assert insight is not None
             self._store(user_id, before, insight, partition)
-        await self.fire_due(partition, changes, decisions)
+        self._fire_due(partition, changes, decisions)
         await self._emit(changes, decisions, partition)
         return folded
 
-    async def fire_due(
-        self,
-        partition: int,
-        changes: list[SegmentChange] | None = None,
-        decisions: list[Decision] | None = None,
-    ) -> int:
-        """Run :func:`models.insight.on_clock` for the users on ``partition`` whose deadline has passed.
+    async def fire_due(self, partition: int) -> None:
+        """Carry out what the clock alone brings on ``partition`` (the clock timer's entry point)."""
+        changes: list[SegmentChange] = []
+        decisions: list[Decision] = []
+        self._fire_due(partition, changes, decisions)
+        await self._emit(changes, decisions, partition)
 
-        Pass ``changes`` and ``decisions`` to collect the effects (the caller emits them); without, they are emitted.
-        """
+    def _fire_due(self, partition: int, changes: list[SegmentChange], decisions: list[Decision]) -> None:
+        """Run :func:`models.insight.on_clock` for the users whose deadline passed; collect what to emit."""
         now = self.clocks.now(partition)
         if now is None:
-            return 0
+            return
         due = self.deadlines.pop_due(partition, now)
         if not due:
-            return 0
-        own = changes is None or decisions is None
-        changes = [] if changes is None else changes
-        decisions = [] if decisions is None else decisions
+            return
         models = self.models_for(partition)
         rules = self.rules.current()
         for user_id in due:
@@ -187,9 +183,6 @@ class Pipeline:
             updated, effects = on_clock(insight, profile, now, rules=rules, horizon_ms=self.horizon_ms)
             self._carry_out(models, effects, changes, decisions)
             self._store(user_id, insight, updated, partition)
-        if own:
-            await self._emit(changes, decisions, partition)
-        return len(due)
 
     async def flush(self) -> None:
         """Queue the table writes of everything processed so far (call before the record counts as processed)."""

@@ -11,11 +11,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from models.triggers import PURPOSES
+
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 CLOCKS = ("wall", "event")
 INTENT_MODELS = ("logistic", "forest")
 MIN_SECRET_LENGTH = 16
-PURPOSES = ("analytics", "personalization", "marketing")
 
 
 class SettingsError(ValueError):
