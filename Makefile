@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test chromium bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/nudge demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# Browser tests drive Debian's chromium through Playwright's executable_path (never `playwright install`):
+# install it only when missing (NUDGE_CHROMIUM names another binary), and say what to install if that fails.
+chromium:
+	@command -v "$${NUDGE_CHROMIUM:-chromium}" >/dev/null || { \
+		echo "chromium missing: installing Debian's chromium"; sudo=$$([ "$$(id -u)" = 0 ] || command -v sudo); \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
+		command -v "$${NUDGE_CHROMIUM:-chromium}" >/dev/null || { echo "make chromium: '$${NUDGE_CHROMIUM:-chromium}' not found" \
+			"(NUDGE_CHROMIUM overrides). Install Debian's: apt-get install chromium fonts-dejavu-core" >&2; exit 1; }; }
 
 bench: $(STAMP)
 	$(BIN)/nudge bench --events 100000 --runs 3 --json
