@@ -155,7 +155,8 @@ def message_values(profile: Profile, values: Mapping[str, object]) -> dict[str, 
     """The rule variables plus what message templates may name (:data:`models.triggers.TEMPLATE_EXTRAS`)."""
     cart = sorted(profile.cart.values(), key=lambda item: (-item.price * item.quantity, item.product_id))
     recommended = next((p for p in profile.recent_items if p not in profile.cart), None)
-    return {**values, "top_cart_item": cart[0].product_id if cart else None, "recommended_item": recommended}
+    top = (cart[0].name or cart[0].product_id) if cart else None
+    return {**values, "top_cart_item": top, "recommended_item": recommended}
 
 
 def _segments_and_triggers(

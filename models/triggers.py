@@ -49,7 +49,7 @@ MAX_DURATION_MS = 30 * DAY_MS
 PURPOSES = ("analytics", "personalization", "marketing")
 #: Template-only names, besides the rule variables: filled from the profile by the caller (see ``TEMPLATE_NAMES``).
 TEMPLATE_EXTRAS = {
-    "top_cart_item": "the product id (or name) of the most valuable item in the cart",
+    "top_cart_item": "the name (else the product id) of the most valuable item in the cart",
     "recommended_item": "the most recently viewed product that is not in the cart",
 }
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")

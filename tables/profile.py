@@ -26,6 +26,7 @@ MAX_CATEGORIES = 32
 MAX_RECENT_ITEMS = 20
 MAX_SEEN_IDS = 64
 MAX_CONSENT_PURPOSES = 32
+MAX_NAME_LENGTH = 200
 OTHER = "(other)"
 
 #: How much each kind of interaction adds to the affinity of the product's category.
@@ -38,6 +39,8 @@ class CartItem:
     quantity: int
     price: float
     category: str | None = None
+    #: The product's display name (``properties.name``), for messages: "Still thinking about Trail shoes?".
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +218,8 @@ def _cart_change(profile: Profile, props: Mapping[str, Any], ts: int, sign: int)
         if current is None and len(cart) >= MAX_CART_ITEMS:
             return {}
         category = _category(props) or (current.category if current else None)
-        cart[product_id] = CartItem(product_id, held + quantity, price, category)
+        name = _name(props) or (current.name if current else None)
+        cart[product_id] = CartItem(product_id, held + quantity, price, category, name)
     elif current is not None:
         remaining = current.quantity - quantity
         if remaining > 0:
@@ -301,6 +305,13 @@ def _product_id(props: Mapping[str, Any]) -> str | None:
     if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
         return str(value)[:128]
     return None
+
+
+def _name(props: Mapping[str, Any]) -> str | None:
+    value = props.get("name")
+    if not isinstance(value, str):
+        return None
+    return value.strip()[:MAX_NAME_LENGTH] or None
 
 
 def _category(props: Mapping[str, Any]) -> str | None:

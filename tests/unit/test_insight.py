@@ -29,9 +29,9 @@ SEGMENTS = load_segments(
 )
 
 
-def event(name: str, minute: float, user: str = "u1", **props: object) -> Event:
+def event(event_name: str, minute: float, user: str = "u1", **props: object) -> Event:
     ts = T0 + int(minute * MINUTE)
-    return Event("track", name, user, f"m-{name}-{ts}", ts, props, {"sessionId": "s1"})
+    return Event("track", event_name, user, f"m-{event_name}-{ts}", ts, props, {"sessionId": "s1"})
 
 
 class Journey:
@@ -46,8 +46,10 @@ class Journey:
         self.resolved: list[labels.Resolved] = []
         self.decisions: list[Decision] = []
 
-    def send(self, name: str, minute: float, context: dict[str, object] | None = None, **props: object) -> Insight:
-        step = event(name, minute, **props)
+    def send(
+        self, event_name: str, minute: float, context: dict[str, object] | None = None, **props: object
+    ) -> Insight:
+        step = event(event_name, minute, **props)
         if context is not None:
             step = Event(
                 step.type, step.name, step.user_id, step.message_id, step.timestamp_ms, props, {"consent": context}
@@ -167,6 +169,13 @@ def test_a_trigger_reads_the_profile_consent_and_fills_its_message_from_the_cart
     assert (sent.outcome, sent.title, sent.cause) == ("sent", "Still want boots?", "clock")
     assert [(d.outcome, d.reason) for d in silent.decisions] == [("suppressed", "consent")]
     assert decode_insight(encode_insight(granted.insight or Insight())).triggers == granted.insight.triggers
+
+    named = Journey(triggers=triggers)
+    marketing = {"categoryPreferences": {"marketing": True}}
+    named.send("Product Added", 0, product_id="boots", name="Hiking boots", context=marketing)
+    named.send("Product Added", 1, product_id="boots", name="  ")
+    named.tick(16)
+    assert [d.title for d in named.decisions] == ["Still want Hiking boots?"]  # a blank name keeps the known one
 
 
 def test_insights_survive_their_changelog_encoding() -> None:
