@@ -35,6 +35,7 @@ chromium:
 bench: $(STAMP)
 	$(BIN)/nudge bench --events 100000 --runs 3 --json
 	$(BIN)/nudge bench --decision --rate 500 --seconds 10 --runs 3 --json
+	$(BIN)/nudge bench --e2e --clients 500 --rate 500 --seconds 10 --runs 3 --json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,7 +28,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from app.batching import PartitionBatcher
-from app.devstack import DevStack, EmbeddedBroker, Worker, create_topic, free_port
+from app.devstack import DevStack, EmbeddedBroker, Node, create_topic, free_port
 from app.events import user_key
 from app.partitioning import partition_for
 from app.simulate import simulate_events
@@ -63,7 +63,7 @@ async def run(*, events: int, users: int, runs: int) -> dict[str, Any]:
 
 
 async def _run_nudge(corpus: list[bytes]) -> float:
-    stack = DevStack(workers=0, partitions=PARTITIONS)
+    stack = DevStack(workers=0, gateways=0, partitions=PARTITIONS)
     async with stack:
         await produce_batched(stack.broker.bootstrap, corpus)
         worker = stack.new_worker(0)
@@ -146,7 +146,7 @@ async def _produce_single(bootstrap: str, corpus: list[bytes]) -> None:
         await producer.stop()
 
 
-async def wait_until_processed(worker: Worker, api_key: str, count: int) -> dict[str, Any]:
+async def wait_until_processed(worker: Node, api_key: str, count: int) -> dict[str, Any]:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as session:
         while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ GOAL_P99_MS = 5.0
 async def run(*, rate: float, seconds: float, runs: int, users: int, events: int) -> dict[str, Any]:
     corpus = [orjson.dumps(e) for e in simulate_events(users=users, events=events, seed=5) if isinstance(e, dict)]
     user_ids = sorted({user_key(orjson.loads(raw)) for raw in corpus})
-    async with DevStack(workers=1, partitions=PARTITIONS) as stack:
+    async with DevStack(workers=1, gateways=0, partitions=PARTITIONS) as stack:
         await produce_batched(stack.broker.bootstrap, corpus)
         await wait_until_processed(stack.nodes[0], stack.api_key, len(corpus))
         headers = {"Authorization": f"Bearer {stack.api_key}"}

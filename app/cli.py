@@ -1,4 +1,4 @@
-"""The ``nudge`` command: ``worker``, ``dev``, ``demo``, ``simulate``, ``replay``, ``bench``.
+"""The ``nudge`` command: ``worker``, ``gateway``, ``dev``, ``demo``, ``simulate``, ``replay``, ``bench``.
 
 Each subcommand has ``--help``. Settings come from the environment (see README); ``dev`` and ``demo`` start the
 embedded stack and need none.
@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a stream worker (settings from the environment)")
     worker.set_defaults(run=_worker)
 
+    gateway = commands.add_parser(
+        "gateway", help="run a websocket gateway: browser sockets, pushes from nudge.messages (settings from the env)"
+    )
+    gateway.set_defaults(run=_gateway)
+
     dev = commands.add_parser(
         "dev", help="start the embedded broker, Redis and a worker; print one JSON ready line; run until Ctrl-C"
     )
@@ -84,15 +89,21 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="measure throughput against a plain Faust baseline, or decision API latency (--decision)",
-        description="Ingest throughput (default) or, with --decision, decision API latency at a fixed rate.",
+        help="measure throughput against a plain Faust baseline, decision API latency (--decision), or event-to-"
+        "browser latency (--e2e)",
+        description="Ingest throughput (default); with --decision, decision API latency at a fixed rate; with --e2e, "
+        "event-to-browser latency through a worker and a websocket gateway at a fixed event rate.",
     )
     bench.add_argument("--decision", action="store_true", help="measure GET /v1/users/{id}/decision latency instead")
+    bench.add_argument(
+        "--e2e", action="store_true", help="measure event-to-browser latency through the worker and a gateway instead"
+    )
+    bench.add_argument("--clients", type=int, default=1000, help="--e2e: websocket clients (default 1000)")
     bench.add_argument("--events", type=int, default=None, help="events per run (default 100000; --decision 20000)")
     bench.add_argument("--users", type=int, default=None, help="distinct users (default 20000; --decision 2000)")
     bench.add_argument("--runs", type=int, default=3, help="runs of each side; medians reported (default 3)")
-    bench.add_argument("--rate", type=float, default=500.0, help="--decision: requests per second (default 500)")
-    bench.add_argument("--seconds", type=float, default=10.0, help="--decision: seconds per run (default 10)")
+    bench.add_argument("--rate", type=float, default=500.0, help="requests/s, --e2e: events/s (default 500)")
+    bench.add_argument("--seconds", type=float, default=10.0, help="--decision, --e2e: seconds per run (default 10)")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(run=_bench)
     return parser
@@ -123,6 +134,35 @@ def _worker(args: argparse.Namespace) -> int:
 
     sys.argv = ["nudge", "-L", "uvloop", "worker", "-l", settings.log_level]
     app.main()
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvloop
+
+    from app.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(os.environ, role="gateway")
+    except SettingsError as error:
+        print(f"nudge gateway: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level={"crit": "CRITICAL", "warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
+    from ws.server import Gateway
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await Gateway(settings).run(stop)
+
+    uvloop.run(run())
     return 0
 
 
@@ -198,7 +238,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.decision:
+    if args.e2e and args.decision:
+        print("nudge bench: pass --decision or --e2e, not both", file=sys.stderr)
+        return 2
+    if args.e2e:
+        from app import bench_e2e
+
+        result = asyncio.run(bench_e2e.run(clients=args.clients, rate=args.rate, seconds=args.seconds, runs=args.runs))
+    elif args.decision:
         from app import bench_decision
 
         result = asyncio.run(

@@ -1,4 +1,5 @@
-"""``make demo``: the embedded stack, simulated shoppers over the Segment API, and a live summary until Ctrl-C."""
+"""``make demo``: the embedded stack, simulated shoppers over the Segment API, the demo store for you to shop in,
+and a live summary until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,21 +11,23 @@ from typing import Any
 
 import aiohttp
 
-from app.devstack import DevStack
+from app.devstack import REPO_ROOT, DevStack
 from app.events import iso_from_ms
 from app.sending import Progress, send_http
 from app.simulate import simulate_events
+from models.triggers import in_holdout
 
 SUMMARY_EVERY_S = 2.0
 #: Labels resolve after 30 seconds instead of 30 minutes, so the model's rolling quality shows while you watch.
 DEMO_HORIZON_S = 30
+#: triggers.yaml with seconds-scale timers: a cart left alone for 20 seconds gets its pop-up.
+DEMO_TRIGGERS = REPO_ROOT / "triggers.demo.yaml"
 
 
 async def run(*, rate: float, users: int, bad_share: float) -> None:
     demo_env = {
         "NUDGE_LABEL_HORIZON_S": str(DEMO_HORIZON_S),
-        # The simulated shoppers have consented to everything (a real deployment starts opt-in).
-        "NUDGE_DEFAULT_CONSENT": "analytics,personalization,marketing",
+        "NUDGE_TRIGGERS_FILE": str(DEMO_TRIGGERS),
     }
     async with DevStack(workers=1, extra_env=demo_env) as stack:
         sample_user = "u1"
@@ -66,6 +69,8 @@ async def _summarise(stack: DevStack, sender: asyncio.Task[Any], sent: Progress)
                 stats = await response.json()
             async with session.get(f"{stack.http}/v1/models") as response:
                 models = await response.json()
+            async with session.get(f"{stack.gateway.url}/health") as response:
+                gateway = await response.json()
             now = time.monotonic()
             if previous is not None:
                 rate = (stats["events"] - previous[1]) / (now - previous[0])
@@ -86,19 +91,30 @@ async def _summarise(stack: DevStack, sender: asyncio.Task[Any], sent: Progress)
                 print(
                     f"          {models['segments']['changes_emitted']:7,} segment changes   intent model: "
                     f"{pooled['samples']:,} labels learned ({pooled['positives']:,} purchases), {quality}\n"
-                    f"          trigger decisions: {outcomes}",
+                    f"          trigger decisions: {outcomes}\n"
+                    f"          gateway: {gateway['connections']} browser sockets, {gateway['pushed']:,} pop-ups "
+                    f"pushed, {gateway['acked']:,} acked, {gateway['delivered']:,} messages into inboxes",
                     flush=True,
                 )
             previous = (now, stats["events"])
     sender.result()
 
 
+def holdout_shopper(trigger: str = "cart_recovery", percent: float = 10) -> str:
+    """A demo store shopper id in ``trigger``'s control group: they get nothing, counted as "would have sent"."""
+    return next(f"demo-holdout-{n}" for n in range(10_000) if in_holdout(f"demo-holdout-{n}", trigger, percent))
+
+
 def _banner(stack: DevStack, user: str) -> str:
     auth = f"-H 'Authorization: Bearer {stack.api_key}'"
+    store = stack.ready_line()["store"]
     return "\n".join(
         [
             "Nudge demo: simulated shoppers -> Segment API -> Kafka (Tansu) -> Faust worker -> live profiles, "
-            "intent scores, segments and decisions",
+            "intent scores, segments and decisions -> websocket gateway -> pop-ups in your browser",
+            f"  store      {store}   <- open it, add something to the cart, wait 20 s: a pop-up names it",
+            f"  holdout    {store}?user={holdout_shopper()}   (in the 10% control group: no pop-up, "
+            "recorded as suppressed: holdout)",
             f"  collector  {stack.http}/v1/batch   (write key {stack.write_key})",
             f"  profile    curl -s {auth} {stack.http}/v1/users/{user}/profile",
             f"  decision   curl -s {auth} {stack.http}/v1/users/{user}/decision",

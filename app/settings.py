@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
-from models.triggers import PURPOSES
+from models.consent import PURPOSES
 
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 CLOCKS = ("wall", "event")
 INTENT_MODELS = ("logistic", "forest")
 MIN_SECRET_LENGTH = 16
+Role = Literal["worker", "gateway"]
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
 class SettingsError(ValueError):
@@ -49,7 +53,7 @@ class Settings:
     producer_linger_ms: int = 10
     collector_linger_ms: int = 5
     log_level: str = "info"
-    #: Signs model snapshots (and, later, websocket tokens). Required; at least 16 characters.
+    #: Signs model snapshots and websocket tokens. Required; at least 16 characters.
     secret: str = ""
     segments_file: str = "segments.yaml"
     content_file: str = "content.yaml"
@@ -65,10 +69,23 @@ class Settings:
     intent_model: str = "logistic"
     #: Expiry of a user's entry in the Redis read model after its last change.
     read_model_ttl_s: int = 7 * 86400
+    # The websocket gateway (``nudge gateway``, Procfile ``ws``).
+    ws_host: str = "127.0.0.1"
+    ws_port: int = 6070
+    #: Browser origins allowed to open a websocket (exact ``scheme://host[:port]``); empty: the gateway's own.
+    ws_origins: frozenset[str] = frozenset()
+    #: Names this gateway in Redis presence and its pub/sub channel; empty: ``<hostname>-<pid>``.
+    node_id: str = ""
+    #: Serve the demo store at ``/store/``, with a session endpoint that hands out tokens for ``demo-*`` users.
+    #: Development only: it lets anyone act as any ``demo-*`` user.
+    demo_store: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Read every ``KAFKA_*``, ``REDIS_URL`` and ``NUDGE_*`` variable; raise on a malformed one."""
+    def from_env(cls, env: Mapping[str, str], role: Role = "worker") -> Settings:
+        """Read every ``KAFKA_*``, ``REDIS_URL`` and ``NUDGE_*`` variable; raise on a malformed one.
+
+        ``role`` picks the checks: a gateway needs no collector or API keys.
+        """
         defaults = cls()
         broker = env.get("KAFKA_BROKER_URL") or None
         values = {
@@ -100,17 +117,25 @@ class Settings:
             "clock": (env.get("NUDGE_CLOCK") or defaults.clock).lower(),
             "intent_model": (env.get("NUDGE_INTENT_MODEL") or defaults.intent_model).lower(),
             "read_model_ttl_s": _int(env, "NUDGE_READ_MODEL_TTL_S", defaults.read_model_ttl_s, 1, 365 * 86400),
+            "ws_host": env.get("NUDGE_WS_HOST", defaults.ws_host),
+            "ws_port": _int(env, "NUDGE_WS_PORT", defaults.ws_port, low=1, high=65535),
+            "ws_origins": _keys(env, "NUDGE_WS_ORIGINS"),
+            "node_id": env.get("NUDGE_NODE_ID", defaults.node_id),
+            "demo_store": _flag(env, "NUDGE_DEMO_STORE", defaults.demo_store),
         }
         settings = cls(**values)  # type: ignore[arg-type]
-        settings.check()
+        settings.check(role)
         return settings
 
-    def check(self) -> None:
-        """Refuse settings a worker must not run with (secure by default: no keys, no service)."""
-        if not self.write_keys:
+    def check(self, role: Role = "worker") -> None:
+        """Refuse settings a worker (or gateway) must not run with (secure by default: no keys, no service)."""
+        if role == "worker" and not self.write_keys:
             raise SettingsError("NUDGE_WRITE_KEYS is empty: set at least one collector write key")
-        if not self.api_keys:
+        if role == "worker" and not self.api_keys:
             raise SettingsError("NUDGE_API_KEYS is empty: set at least one read API key")
+        bad_origin = next((o for o in sorted(self.ws_origins) if not _ORIGIN.match(o)), None)
+        if bad_origin is not None:
+            raise SettingsError(f"NUDGE_WS_ORIGINS: {bad_origin!r} is not an origin like https://shop.example:443")
         if self.broker_url is None:
             raise SettingsError("KAFKA_BROKER_URL is not set (use `nudge dev` for the embedded stack)")
         if self.redis_url is None:
@@ -118,7 +143,7 @@ class Settings:
         if len(self.secret) < MIN_SECRET_LENGTH:
             raise SettingsError(
                 f"NUDGE_SECRET is {'empty' if not self.secret else 'too short'}: set at least "
-                f"{MIN_SECRET_LENGTH} random characters (it signs model snapshots)"
+                f"{MIN_SECRET_LENGTH} random characters (it signs model snapshots and websocket tokens)"
             )
         unknown = sorted(self.default_consent - set(PURPOSES))
         if unknown:
@@ -155,6 +180,10 @@ class Settings:
     @property
     def web_url(self) -> str:
         return f"http://{self.web_host}:{self.web_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"http://{self.ws_host}:{self.ws_port}"
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -8,17 +8,22 @@ Key schema (``<prefix>`` is ``NUDGE_APP_ID``)::
                                         the node last refreshed it, so a crashed node drops out by itself
     <prefix>:node:<node id>       pub/sub channel the node subscribes to: {"user", "id", "payload"} (JSON)
 
-:func:`deliver` writes the inbox first and publishes second: a browser that reconnects in between finds the message
-in its inbox, and one that was connected gets it over the channel; either way the hub (:mod:`ws.protocol`) sends it
-once per tab and the browser drops repeats by id. :func:`acknowledge` removes an acked message from the inbox.
+:func:`deliver` writes the inbox (and reads presence) first and publishes second, while a gateway records presence
+first and reads the inbox second: so whichever comes first, a connecting browser gets the message, from its inbox or
+over the channel, and the hub (:mod:`ws.protocol`) sends it once per tab; the browser drops repeats by id.
+:func:`acknowledge` removes an acked message from the inbox.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+
+from app.events import parse_timestamp
 
 DEFAULT_INBOX_TTL_S = 86_400
 DEFAULT_PRESENCE_TTL_S = 30
@@ -36,32 +41,45 @@ def channel(prefix: str, node_id: str) -> str:
     return f"{prefix}:node:{node_id}"
 
 
-async def deliver(
-    redis: Redis,
-    prefix: str,
-    user_id: str,
-    message_id: str,
-    payload: dict[str, Any],
-    *,
-    at_ms: int,
-    inbox_ttl_s: int = DEFAULT_INBOX_TTL_S,
-) -> int:
-    """Keep the message in the user's inbox, then publish it to every node holding a socket of the user.
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for one user, as it leaves ``nudge.messages``."""
 
-    Returns how many nodes it was published to (0: the user is offline; the inbox has it for their next visit).
-    Idempotent per message id: a redelivery rewrites the same inbox entry and republishes.
+    user_id: str
+    message_id: str
+    payload: dict[str, Any]
+    at_ms: int
+
+
+async def deliver(
+    redis: Redis, prefix: str, messages: Sequence[Outgoing], *, inbox_ttl_s: int = DEFAULT_INBOX_TTL_S
+) -> int:
+    """Keep each message in its user's inbox, then publish it to every node holding a socket of the user.
+
+    Two round trips for the whole batch, whatever its size. Returns how many publishes were made (0: every user is
+    offline; the inboxes keep the messages for their next visit). Idempotent per message id: a redelivery rewrites
+    the same inbox entry and republishes.
     """
-    key = inbox_key(prefix, user_id)
-    entry = orjson.dumps({"id": message_id, "payload": payload, "at_ms": at_ms})
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(key, message_id, entry)
-        pipe.expire(key, inbox_ttl_s)
-        pipe.smembers(presence_key(prefix, user_id))
-        *_, nodes = await pipe.execute()
-    published = orjson.dumps({"user": user_id, "id": message_id, "payload": payload})
-    for node in sorted(n.decode() if isinstance(n, bytes) else n for n in nodes):
-        await redis.publish(channel(prefix, node), published)
-    return len(nodes)
+    if not messages:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for message in messages:
+            key = inbox_key(prefix, message.user_id)
+            entry = orjson.dumps({"id": message.message_id, "payload": message.payload, "at_ms": message.at_ms})
+            pipe.hset(key, message.message_id, entry)
+            pipe.expire(key, inbox_ttl_s)
+            pipe.smembers(presence_key(prefix, message.user_id))
+        replies = await pipe.execute()
+    published = 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for message, nodes in zip(messages, replies[2::3], strict=True):
+            text = orjson.dumps({"user": message.user_id, "id": message.message_id, "payload": message.payload})
+            for node in sorted(n.decode() if isinstance(n, bytes) else n for n in nodes):
+                pipe.publish(channel(prefix, node), text)
+                published += 1
+        if published:
+            await pipe.execute()
+    return published
 
 
 async def inbox(redis: Redis, prefix: str, user_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -76,16 +94,49 @@ async def acknowledge(redis: Redis, prefix: str, user_id: str, message_id: str) 
 
 
 async def present(
-    redis: Redis, prefix: str, user_id: str, node_id: str, *, ttl_s: int = DEFAULT_PRESENCE_TTL_S
+    redis: Redis, prefix: str, user_ids: Iterable[str], node_id: str, *, ttl_s: int = DEFAULT_PRESENCE_TTL_S
 ) -> None:
-    """Record that ``node_id`` holds a socket of the user; call again within ``ttl_s`` while it does."""
-    key = presence_key(prefix, user_id)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.sadd(key, node_id)
-        pipe.expire(key, ttl_s)
+    """Record that ``node_id`` holds a socket of each user; call again within ``ttl_s`` while it does."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for user_id in user_ids:
+            key = presence_key(prefix, user_id)
+            pipe.sadd(key, node_id)
+            pipe.expire(key, ttl_s)
         await pipe.execute()
 
 
 async def absent(redis: Redis, prefix: str, user_id: str, node_id: str) -> None:
     """The node's last socket of the user closed."""
     await redis.srem(presence_key(prefix, user_id), node_id)
+
+
+def outgoing(raw: bytes) -> Outgoing | None:
+    """The message a ``nudge.messages`` record asks to push, or ``None`` for a suppressed decision.
+
+    Raises :class:`ValueError` with the reason for a record that is not a decision record (see
+    ``app.pipeline.decision_record``): the caller logs it and moves on, since it came from another producer.
+    """
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValueError("not JSON") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    if record.get("outcome") != "sent":
+        if record.get("outcome") == "suppressed":
+            return None
+        raise ValueError(f"outcome must be sent or suppressed, not {str(record.get('outcome'))[:40]!r}")
+    user_id, message_id, message = record.get("userId"), record.get("id"), record.get("message")
+    if not isinstance(user_id, str) or not user_id or not isinstance(message_id, str) or not message_id:
+        raise ValueError("userId and id must be non-empty strings")
+    if not isinstance(message, dict) or not isinstance(message.get("title"), str):
+        raise ValueError("message must be an object with a title")
+    at_ms = parse_timestamp(record.get("timestamp"), field="timestamp")
+    payload = {
+        "trigger": record.get("trigger"),
+        "title": message["title"],
+        "body": message.get("body") or "",
+        "priority": record.get("priority", 0),
+        "timestamp": record["timestamp"],
+    }
+    return Outgoing(user_id, message_id, payload, at_ms)

@@ -14,7 +14,7 @@ import requests
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = ["worker", "dev", "demo", "simulate", "replay", "eval", "bench"]
+COMMANDS = ["worker", "gateway", "dev", "demo", "simulate", "replay", "eval", "bench"]
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
@@ -35,6 +35,16 @@ def test_worker_without_settings_says_which_variable_is_missing() -> None:
     assert "NUDGE_WRITE_KEYS" in result.stderr
 
 
+def test_gateway_without_settings_says_which_variable_is_missing() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUDGE_", "KAFKA_", "REDIS_"))}
+    env["NUDGE_WS_ORIGINS"] = "shop.example"
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "gateway"], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert result.returncode == 2
+    assert "NUDGE_WS_ORIGINS: 'shop.example' is not an origin" in result.stderr
+
+
 def test_dev_prints_one_ready_line_serves_and_stops_everything_on_sigint(tmp_path: object) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -43,9 +53,11 @@ def test_dev_prints_one_ready_line_serves_and_stops_everything_on_sigint(tmp_pat
         assert process.stdout is not None
         ready = orjson.loads(process.stdout.readline())
         assert ready["ready"] is True
-        assert set(ready) >= {"http", "kafka", "redis", "write_key", "api_key"}
+        assert set(ready) >= {"http", "kafka", "redis", "write_key", "api_key", "ws", "store"}
         children = psutil.Process(process.pid).children(recursive=True)
-        assert len(children) >= 2  # the broker and the worker
+        assert len(children) >= 3  # the broker, the worker and the gateway
+        store = requests.get(ready["store"], timeout=10)
+        assert store.status_code == 200 and "/nudge.js" in store.text
 
         sent = requests.post(
             f"{ready['http']}/v1/track",

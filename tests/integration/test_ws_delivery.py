@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.devstack import EmbeddedRedis
-from ws.delivery import absent, acknowledge, channel, deliver, inbox, inbox_key, present
+from ws.delivery import Outgoing, absent, acknowledge, channel, deliver, inbox, inbox_key, present
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +35,9 @@ async def redis() -> AsyncIterator[tuple[Redis, str]]:
 
 async def test_an_offline_users_messages_wait_in_the_inbox_until_acknowledged(redis: tuple[Redis, str]) -> None:
     client, prefix = redis
-    assert await deliver(client, prefix, "ann", "m2", {"title": "second"}, at_ms=2, inbox_ttl_s=600) == 0
-    assert await deliver(client, prefix, "ann", "m1", {"title": "first"}, at_ms=1, inbox_ttl_s=600) == 0
-    assert await deliver(client, prefix, "ann", "m1", {"title": "first"}, at_ms=1, inbox_ttl_s=600) == 0  # again
+    second, first = Outgoing("ann", "m2", {"title": "second"}, 2), Outgoing("ann", "m1", {"title": "first"}, 1)
+    assert await deliver(client, prefix, [second, first], inbox_ttl_s=600) == 0
+    assert await deliver(client, prefix, [first], inbox_ttl_s=600) == 0  # again
     assert await inbox(client, prefix, "ann") == [("m1", {"title": "first"}), ("m2", {"title": "second"})]
     assert 0 < await client.ttl(inbox_key(prefix, "ann")) <= 600
     assert await inbox(client, prefix, "bob") == []
@@ -50,10 +50,10 @@ async def test_a_message_is_published_only_to_the_nodes_holding_the_users_socket
     received: dict[str, list[dict[str, Any]]] = {"node-a": [], "node-b": []}
     pubsub = client.pubsub()
     await pubsub.subscribe(channel(prefix, "node-a"), channel(prefix, "node-b"))
-    await present(client, prefix, "ann", "node-a", ttl_s=30)
-    await present(client, prefix, "bob", "node-b", ttl_s=30)
+    await present(client, prefix, ["ann"], "node-a", ttl_s=30)
+    await present(client, prefix, ["bob"], "node-b", ttl_s=30)
 
-    assert await deliver(client, prefix, "ann", "m1", {"title": "for ann"}, at_ms=1) == 1
+    assert await deliver(client, prefix, [Outgoing("ann", "m1", {"title": "for ann"}, 1)]) == 1
 
     async def next_message() -> None:
         while True:
@@ -67,6 +67,6 @@ async def test_a_message_is_published_only_to_the_nodes_holding_the_users_socket
     assert received == {"node-a": [{"user": "ann", "id": "m1", "payload": {"title": "for ann"}}], "node-b": []}
 
     await absent(client, prefix, "ann", "node-a")
-    assert await deliver(client, prefix, "ann", "m2", {"title": "later"}, at_ms=2) == 0
+    assert await deliver(client, prefix, [Outgoing("ann", "m2", {"title": "later"}, 2)]) == 0
     assert [m for m, _ in await inbox(client, prefix, "ann")] == ["m1", "m2"]
     await pubsub.aclose()

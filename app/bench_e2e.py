@@ -1,0 +1,565 @@
+"""``nudge bench --e2e``: event-to-browser latency through the whole stack, against one Kafka hop, in one run.
+
+Each run starts a fresh embedded stack (broker, Redis, one worker, one gateway) whose only trigger fires on every
+``Bench Offer Requested`` event (no cooldown, everyone has consented), and a separate process
+(:mod:`app.bench_clients`: its own CPU and GIL) that opens ``clients`` websockets, one user each, and acks every push.
+After a short warm-up, this process produces ``rate`` events per second for ``seconds`` seconds straight to
+``nudge.events`` (one Segment track event per record, keyed by user id, users drawn from the connected ones):
+``TRIGGER_SHARE`` of them the triggering event, the others product views. Pacing is open-loop: event ``i`` is due at
+``start + i / rate`` and latency is measured from that due time, so a stall anywhere, this producer included, counts
+against the result.
+
+Matching: each user's events carry strictly increasing millisecond timestamps; a decision records the timestamp of
+the event that fired it and the pushed payload carries it, so (user, payload timestamp) names the triggering event
+exactly, and latency = receive time (``time.time()`` in the client process) - due time. Reported per run:
+
+- sent: decisions with outcome ``sent`` that the run's events caused, read back from ``nudge.messages`` when the
+  wait ends (the truth, whatever the number of triggering events predicts); ``triggers``: triggering events produced;
+- delivered: distinct ids of those messages the clients received, waiting up to ``DRAIN_TIMEOUT_S`` after the last
+  event; ``missing``: sent and never received; ``duplicates``: frames beyond the first per id; ``other``: ids
+  received that are not among those decisions (when the stack runs behind: the warm-up's, or this run's decided
+  after the topic was read);
+- hops: the decision record's Kafka timestamp (stamped by the worker's producer) splits each latency into event ->
+  decision (this producer, the broker, Faust's consumer, the worker's fold and rules) and decision -> browser (the
+  worker's producer, the broker, the gateway's deliverer, Redis inbox and pub/sub, the push, the client);
+- cpu_percent: CPU used by each process during the run (from ``/proc``), to tell a saturated machine from a slow
+  path; ``clients``: the client process's event-loop lag and garbage-collection pauses, ``bench_gc``: this process's
+  collections, i.e. the load generators' own share (both freeze their start-up objects, as the gateway does).
+
+Baseline, on the same fresh stack just before the warm-up: the same producer sends the same events at the same rate
+to a fresh topic, and a plain aiokafka consumer in this process, with the gateway deliverer's fetch settings, reads
+them: one Kafka hop on the same broker and machine. A noisy shared machine moves both alike, so ``ratio_p99`` (e2e
+p99 / baseline p99) is the number to compare across machines; the e2e path makes two such hops plus the worker,
+Redis and the socket, so about 2 is its floor. A fresh stack per run keeps runs comparable: the embedded broker's
+cost per request grows with the size of the topic (measured: one hop at 2,000 records/s took 36 % of a core with
+12,000 records in the topic, 91 % with 336,000), so runs on one long-lived stack would each start worse off. Medians
+of the runs' percentiles are reported; counts are summed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import resource
+import secrets
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from app.bench_clients import SECRET_ENV, GcPauses, bench_user
+from app.devstack import DevStack, create_topic
+from app.events import iso_from_ms
+from app.offsets import read_range
+from app.tansu_compat import true_end_offsets
+
+GOAL_P99_MS = 50.0
+#: Share of the produced events that fire the bench trigger.
+TRIGGER_SHARE = 0.05
+TRIGGER_EVENT = "Bench Offer Requested"
+TRIGGER_NAME = "bench_offer"
+TRIGGERS = f"""\
+# Written by `nudge bench --e2e`: one trigger, no cooldown, so every triggering event is a message.
+cap_per_user_per_day: 1000
+triggers:
+  {TRIGGER_NAME}:
+    description: the end-to-end bench's probe
+    when: {{event: {TRIGGER_EVENT}}}
+    message: {{title: "Bench offer", body: "An event-to-browser latency probe"}}
+    consent: marketing
+"""
+EVENTS_TOPIC = "nudge.events"
+MESSAGES_TOPIC = "nudge.messages"
+#: How long to wait after the last event for the last message; a wait with no progress for STALL_S ends sooner.
+DRAIN_TIMEOUT_S = 30.0
+STALL_S = 5.0
+#: A short unmeasured run first: consumers fetching, caches and connections warm.
+WARM_UP_S = 3.0
+#: Like the collector's default linger: how events reach the topic in production.
+PRODUCER_LINGER_MS = 5
+#: The hub closes a socket that sends more than 20 frames/s (acks included): stay well below per user.
+MAX_MESSAGES_PER_USER_S = 5.0
+#: The trigger file's cap is 1000 messages per user per day: stay well below it on average.
+MAX_MESSAGES_PER_USER = 500
+CATEGORIES = ("shoes", "bags", "shirts", "jackets", "hats", "socks", "watches", "belts")
+
+
+async def run(*, clients: int, rate: float, seconds: float, runs: int) -> dict[str, Any]:
+    _check_load(clients=clients, rate=rate, seconds=seconds, runs=runs)
+    _raise_open_files_limit(clients)
+    e2e_runs, baseline_runs, connected = [], [], []
+    for index in range(runs):
+        _say(f"run {index + 1}/{runs}: starting a fresh stack and {clients:,} clients")
+        e2e, baseline, users = await _run_once(clients=clients, rate=rate, seconds=seconds, label=f"run{index + 1}")
+        e2e_runs.append(e2e)
+        baseline_runs.append(baseline)
+        connected.append(users)
+        _say(
+            f"run {index + 1}/{runs}: sent {e2e['sent']:,}, delivered {e2e['delivered']:,}, "
+            f"p50 {e2e['p50_ms']} ms, p99 {e2e['p99_ms']} ms; baseline p99 {baseline['p99_ms']} ms"
+        )
+    return _summary(e2e_runs, baseline_runs, clients=clients, connected=min(connected), rate=rate, seconds=seconds)
+
+
+async def _run_once(
+    *, clients: int, rate: float, seconds: float, label: str
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """One run on a fresh stack: the baseline, a warm-up, then the measured run. Returns both and the clients."""
+    root = Path("var") / f"bench-e2e-{os.getpid()}-{secrets.token_hex(3)}"
+    root.mkdir(parents=True, exist_ok=True)
+    triggers = root / "bench-triggers.yaml"
+    triggers.write_text(TRIGGERS)
+    env = {
+        "NUDGE_TRIGGERS_FILE": str(triggers.resolve()),
+        "NUDGE_DEFAULT_CONSENT": "analytics,personalization,marketing",
+    }
+    async with DevStack(workers=1, gateways=1, root=root, extra_env=env) as stack:
+        url = f"ws://127.0.0.1:{stack.gateway.port}/v1/ws"
+        budget_s = 300 + 3 * seconds + 2 * DRAIN_TIMEOUT_S
+        async with ClientProcess(url, stack.secret, clients, max_seconds=budget_s) as client_process:
+            users = [bench_user(index) for index in client_process.connected]
+            if not users:
+                raise RuntimeError(f"no websocket client could connect; see the gateway log in {root}")
+            producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap, linger_ms=PRODUCER_LINGER_MS)
+            await producer.start()
+            bench = _Bench(stack, producer, client_process, users, rate=rate)
+            bench.gc.start()
+            try:
+                _say(f"{label}: baseline, {rate:,.0f} events/s for {seconds:,.0f} s through one Kafka hop")
+                baseline = await bench.baseline_run(label, seconds)
+                _say(f"{label}: warming up for {WARM_UP_S:.0f} s")
+                await bench.e2e_run("warm-up", WARM_UP_S)
+                _say(f"{label}: {rate:,.0f} events/s for {seconds:,.0f} s to {len(users):,} users")
+                e2e = await bench.e2e_run(label, seconds)
+            finally:
+                bench.gc.stop()
+                await producer.stop()
+    return e2e, baseline, len(users)
+
+
+class ClientProcess:
+    """:mod:`app.bench_clients` in a child process; ``connected`` lists the client indexes whose socket is open."""
+
+    def __init__(self, url: str, secret: str, clients: int, *, max_seconds: float) -> None:
+        self.url = url
+        self.secret = secret
+        self.clients = clients
+        self.max_seconds = max_seconds
+        self.connected: list[int] = []
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> ClientProcess:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app.bench_clients",
+            "--url",
+            self.url,
+            "--clients",
+            str(self.clients),
+            "--max-seconds",
+            str(self.max_seconds),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, SECRET_ENV: self.secret},
+            limit=256 * 1024 * 1024,  # a report is one line
+        )
+        try:
+            ready = await self._read(timeout=120 + self.clients / 20)
+            self.connected = list(ready["connected"])
+            _say(f"{len(self.connected):,} of {self.clients:,} websocket clients connected, {ready['failed']} failed")
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
+
+    async def ask(self, command: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Send one command (``count``, ``report``) and return the answer."""
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.write(command.encode() + b"\n")
+        await self._process.stdin.drain()
+        return await self._read(timeout=timeout)
+
+    async def _read(self, *, timeout: float) -> dict[str, Any]:
+        assert self._process is not None and self._process.stdout is not None
+        line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"the bench clients exited with {await self._process.wait()}; see stderr")
+        answer: dict[str, Any] = orjson.loads(line)
+        return answer
+
+    async def _stop(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ConnectionError):
+            assert process.stdin is not None
+            process.stdin.write(b"quit\n")
+            await process.stdin.drain()
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@dataclass
+class _Produced:
+    events: int
+    triggers: int
+    achieved_rate: float
+    #: Due time (unix seconds) of each triggering event, by (user id, event timestamp as the payload carries it).
+    due: dict[tuple[str, str], float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    user_id: str
+    #: The timestamp of the event that fired it, as the pushed payload carries it.
+    timestamp: str
+    outcome: str
+    reason: str | None
+    #: The Kafka timestamp of the record: when the worker's producer took it.
+    produced_ms: int
+
+
+class _Bench:
+    def __init__(
+        self, stack: DevStack, producer: AIOKafkaProducer, clients: ClientProcess, users: list[str], *, rate: float
+    ) -> None:
+        self.stack = stack
+        self.producer = producer
+        self.clients = clients
+        self.users = users
+        self.rate = rate
+        #: Each user's latest event timestamp (ms): the next one is later, so (user, timestamp) names one event.
+        self._last_ms: dict[str, int] = {}
+        self._runs = 0
+        #: This process's own collections: a pause here delays sends and counts against the stack.
+        self.gc = GcPauses()
+
+    async def e2e_run(self, label: str, seconds: float) -> dict[str, Any]:
+        bootstrap, partitions = self.stack.broker.bootstrap, self.stack.partitions
+        starts = await _end_offsets(bootstrap, MESSAGES_TOPIC, partitions)
+        await self.clients.ask("messages")  # forget anything received between runs
+        await self.clients.ask("stats")
+        self.gc.take()
+        cpu_before, wall_before = _cpu_seconds(), time.monotonic()
+        produced = await self._produce(EVENTS_TOPIC, label, seconds)
+        received = await self._drain(produced.triggers)
+        cpu = _cpu_percent(cpu_before, _cpu_seconds(), time.monotonic() - wall_before)
+        # Only the decisions this run's events caused: a backlog can carry the warm-up's into the run.
+        decisions = {
+            message_id: decision
+            for message_id, decision in (await _decisions(bootstrap, starts, partitions)).items()
+            if (decision.user_id, decision.timestamp) in produced.due
+        }
+        sent = {message_id for message_id, d in decisions.items() if d.outcome == "sent"}
+        # Decisions made while the topic was read are on their way: give them a moment, so that only a message
+        # the stack lost counts as missing.
+        grace_ends = time.monotonic() + STALL_S
+        while not sent <= {m[1] for m in received} and time.monotonic() < grace_ends:
+            await asyncio.sleep(0.1)
+            received += (await self.clients.ask("messages"))["messages"]
+        stats = await self.clients.ask("stats")
+        first: dict[str, tuple[str, float, str | None]] = {}
+        for index, message_id, received_at, stamp in received:
+            first.setdefault(message_id, (bench_user(index), received_at, stamp))
+        latencies, to_decision, to_browser = [], [], []
+        for message_id, (user, received_at, stamp) in first.items():
+            due = produced.due.get((user, stamp or ""))
+            if due is None or message_id not in sent:
+                continue
+            latencies.append(received_at - due)
+            produced_at = decisions[message_id].produced_ms / 1000
+            to_decision.append(produced_at - due)
+            to_browser.append(received_at - produced_at)
+        delivered = len(sent & first.keys())
+        return {
+            "label": label,
+            "events": produced.events,
+            "achieved_rate": produced.achieved_rate,
+            "triggers": produced.triggers,
+            "sent": len(sent),
+            "suppressed": dict(Counter(d.reason or "?" for d in decisions.values() if d.outcome != "sent")),
+            "delivered": delivered,
+            "missing": len(sent) - delivered,
+            "duplicates": len(received) - len(first),
+            "other": len(first.keys() - sent),
+            **_percentiles(latencies),
+            "hops": {"event_to_decision": _percentiles(to_decision), "decision_to_browser": _percentiles(to_browser)},
+            "cpu_percent": cpu,
+            "clients": stats,
+            "bench_gc": self.gc.take(),
+        }
+
+    async def baseline_run(self, label: str, seconds: float) -> dict[str, Any]:
+        bootstrap = self.stack.broker.bootstrap
+        topic = f"bench.baseline.{label}"
+        await create_topic(bootstrap, topic, self.stack.partitions)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,  # as the gateway's deliverer
+        )
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topic, p) for p in range(self.stack.partitions)])
+            await consumer.getmany(timeout_ms=200)  # positions known before the first record is due
+            latencies: list[float] = []
+            total = int(self.rate * seconds)
+
+            async def consume() -> None:
+                while len(latencies) < total:
+                    batches = await consumer.getmany(timeout_ms=100)
+                    received_at = time.time()
+                    for records in batches.values():
+                        latencies.extend(
+                            received_at - orjson.loads(r.value)["properties"]["bench_due"] for r in records
+                        )
+
+            consuming = asyncio.create_task(consume())
+            try:
+                await self._produce(topic, f"baseline-{label}", seconds, due_in_event=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(consuming), DRAIN_TIMEOUT_S)
+            finally:
+                consuming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consuming
+        finally:
+            await consumer.stop()
+        return {"records": total, "received": len(latencies), **_percentiles(latencies)}
+
+    async def _produce(self, topic: str, label: str, seconds: float, *, due_in_event: bool = False) -> _Produced:
+        """Produce ``rate`` events/s for ``seconds`` s, open-loop: event ``i`` goes out at ``start + i / rate``."""
+        self._runs += 1
+        picker = random.Random(self._runs)
+        total = int(self.rate * seconds)
+        due_by_event: dict[tuple[str, str], float] = {}
+        triggers = sent = 0
+        start = time.time()
+        while sent < total:
+            now_due = min(total, int((time.time() - start) * self.rate) + 1)
+            while sent < now_due:
+                due = start + sent / self.rate
+                user = picker.choice(self.users)
+                stamp_ms = max(int(due * 1000), self._last_ms.get(user, 0) + 1)
+                self._last_ms[user] = stamp_ms
+                stamp = iso_from_ms(stamp_ms)
+                triggering = picker.random() < TRIGGER_SHARE
+                event = _event(user, f"bench-{label}-{sent}", stamp, triggering=triggering, picker=picker)
+                if due_in_event:
+                    event["properties"]["bench_due"] = due
+                await self.producer.send(topic, orjson.dumps(event), key=user.encode())
+                if triggering:
+                    triggers += 1
+                    due_by_event[(user, stamp)] = due
+                sent += 1
+            delay = start + sent / self.rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await self.producer.flush()
+        return _Produced(total, triggers, round(total / (time.time() - start), 1), due_by_event)
+
+    async def _drain(self, expected: int) -> list[list[Any]]:
+        """Collect messages until the clients received ``expected``, nothing came for ``STALL_S``, or the timeout."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        received: list[list[Any]] = []
+        moved_at = time.monotonic()
+        while (now := time.monotonic()) < deadline:
+            more = (await self.clients.ask("messages"))["messages"]
+            received += more
+            if len(received) >= expected:
+                break
+            if more:
+                moved_at = now
+            elif now - moved_at > STALL_S:
+                break
+            await asyncio.sleep(0.1)
+        return received
+
+
+def _event(user: str, message_id: str, stamp: str, *, triggering: bool, picker: random.Random) -> dict[str, Any]:
+    properties: dict[str, Any]
+    if triggering:
+        name, properties = TRIGGER_EVENT, {"source": "bench"}
+    else:
+        category, product = picker.choice(CATEGORIES), picker.randrange(400)
+        name = "Product Viewed"
+        properties = {
+            "product_id": f"{category}-{product:03d}",
+            "category": category,
+            "price": round(9.99 + product * 0.25, 2),
+            "quantity": 1,
+        }
+    return {
+        "type": "track",
+        "userId": user,
+        "event": name,
+        "properties": properties,
+        "messageId": message_id,
+        "timestamp": stamp,
+    }
+
+
+async def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """The offset after the last record of each partition, read from fetch responses (:mod:`app.tansu_compat`)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        listed = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in (await true_end_offsets(bootstrap, listed)).items()}
+
+
+async def _decisions(bootstrap: str, starts: dict[int, int], partitions: int) -> dict[str, _Decision]:
+    """The bench trigger's decisions put on ``nudge.messages`` since ``starts``, by message id."""
+    ends = await _end_offsets(bootstrap, MESSAGES_TOPIC, partitions)
+    decisions: dict[str, _Decision] = {}
+    for partition, end in ends.items():
+        for record in await read_range(bootstrap, MESSAGES_TOPIC, partition, starts.get(partition, 0), end):
+            value = orjson.loads(record.value)
+            if value.get("trigger") == TRIGGER_NAME:
+                decisions[value["id"]] = _Decision(
+                    value["userId"], value["timestamp"], value["outcome"], value.get("reason"), record.timestamp
+                )
+    return decisions
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float | None]:
+    ordered = sorted(seconds)
+    if not ordered:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": round(ordered[-1] * 1000, 2)}
+
+
+def _summary(
+    e2e_runs: list[dict[str, Any]],
+    baseline_runs: list[dict[str, Any]],
+    *,
+    clients: int,
+    connected: int,
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    def median(runs: list[dict[str, Any]], key: str) -> float | None:
+        values = [r[key] for r in runs if r[key] is not None]
+        return round(statistics.median(values), 2) if values else None
+
+    def total(key: str) -> int:
+        return sum(int(r[key]) for r in e2e_runs)
+
+    p99, baseline_p99 = median(e2e_runs, "p99_ms"), median(baseline_runs, "p99_ms")
+    sent, delivered = total("sent"), total("delivered")
+    return {
+        "bench": "e2e",
+        "clients": clients,
+        "connected": connected,
+        "rate": rate,
+        "seconds": seconds,
+        "runs": len(e2e_runs),
+        "trigger_share": TRIGGER_SHARE,
+        "triggers": total("triggers"),
+        "sent": sent,
+        "delivered": delivered,
+        "missing": total("missing"),
+        "duplicates": total("duplicates"),
+        "p50_ms": median(e2e_runs, "p50_ms"),
+        "p99_ms": p99,
+        "max_ms": max((r["max_ms"] for r in e2e_runs if r["max_ms"] is not None), default=None),
+        "hops": {
+            hop: {
+                "p50_ms": median([r["hops"][hop] for r in e2e_runs], "p50_ms"),
+                "p99_ms": median([r["hops"][hop] for r in e2e_runs], "p99_ms"),
+            }
+            for hop in ("event_to_decision", "decision_to_browser")
+        },
+        "baseline": {
+            "kind": "one Kafka hop: same producer, events and rate; aiokafka consumer with fetch_max_wait_ms=10",
+            "p50_ms": median(baseline_runs, "p50_ms"),
+            "p99_ms": baseline_p99,
+            "max_ms": max((r["max_ms"] for r in baseline_runs if r["max_ms"] is not None), default=None),
+        },
+        "ratio_p99": round(p99 / baseline_p99, 2) if p99 is not None and baseline_p99 else None,
+        "goal_p99_ms": GOAL_P99_MS,
+        "goal_met": p99 is not None and p99 < GOAL_P99_MS and delivered == sent and connected == clients,
+        "runs_detail": [{**e2e, "baseline": base} for e2e, base in zip(e2e_runs, baseline_runs, strict=True)],
+    }
+
+
+def _check_load(*, clients: int, rate: float, seconds: float, runs: int) -> None:
+    if clients < 1 or rate <= 0 or seconds <= 0 or runs < 1:
+        raise ValueError("--clients, --rate, --seconds and --runs must be positive")
+    per_user_s = rate * TRIGGER_SHARE / clients
+    if per_user_s > MAX_MESSAGES_PER_USER_S:
+        raise ValueError(
+            f"{per_user_s:.1f} messages/s per user would trip the gateway's rate limit on acks: "
+            f"use at least {rate * TRIGGER_SHARE / MAX_MESSAGES_PER_USER_S:.0f} clients for this rate"
+        )
+    if per_user_s * (WARM_UP_S + seconds) > MAX_MESSAGES_PER_USER:
+        raise ValueError("so many messages per user would reach the daily cap: use more clients or fewer seconds")
+
+
+def _raise_open_files_limit(clients: int) -> None:
+    """Each socket is a file in the clients and in the gateway (children inherit the limit): make room."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = clients + 1024
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by this process and its children (the stack and the clients), by role.
+
+    Linux only (``/proc``); elsewhere an empty dict.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.getpid()
+    used: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid, parent = int(stat.parent.name), int(fields[1])
+            if pid != own and parent != own:
+                continue
+            role = "bench" if pid == own else _role((stat.parent / "cmdline").read_bytes())
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return used
+
+
+def _role(cmdline: bytes) -> str:
+    words = cmdline.split(b"\0")
+    if b"app.bench_clients" in words:
+        return "clients"
+    if b"app.cli" in words:
+        return next((w.decode() for w in words if w in (b"worker", b"gateway")), "nudge")
+    return Path(words[0].decode(errors="replace")).name or "other"
+
+
+def _cpu_percent(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    return {role: round((after[role] - before.get(role, 0.0)) / wall_s * 100, 1) for role in sorted(after)}
+
+
+def _say(line: str) -> None:
+    print(f"e2e bench: {line}", file=sys.stderr, flush=True)

@@ -1,0 +1,106 @@
+"""From ``nudge.messages`` to the users' inboxes and the gateway nodes holding their sockets.
+
+Every gateway runs one :class:`Deliverer`; they share one consumer group (``<app id>.gateway``), so each partition of
+``nudge.messages`` is delivered by exactly one gateway at a time, whichever node holds the user's sockets. For each
+batch of records it writes the inboxes and publishes to the nodes (:func:`ws.delivery.deliver`), and only then
+commits the batch's offsets. A crash in between redelivers the batch: at least once, and the hub and the browser SDK
+drop repeats by message id. If Redis is away it retries the same batch with backoff instead of moving on.
+
+Suppressed decisions (holdout, consent, cap, cooldown) are on the topic for the record and are not pushed. A decision
+older than the inbox TTL is not pushed either: the shopper has long moved on. Records that are not decision records
+are logged and skipped; they cannot stop delivery for everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.settings import Settings
+from ws import delivery
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 5.0
+
+
+class Deliverer:
+    """Consumes ``nudge.messages`` and delivers what was sent. :meth:`start`, then :meth:`run` until cancelled."""
+
+    def __init__(self, settings: Settings, redis: Redis, *, inbox_ttl_s: int = delivery.DEFAULT_INBOX_TTL_S) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.inbox_ttl_s = inbox_ttl_s
+        self.counts = {"delivered": 0, "published": 0, "suppressed": 0, "stale": 0, "malformed": 0}
+        self._consumer = AIOKafkaConsumer(
+            settings.messages_topic,
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=f"{settings.app_id}.gateway",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # A push is latency-bound: ask the broker to answer as soon as there is anything, or after 10 ms.
+            fetch_max_wait_ms=10,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    @property
+    def partitions(self) -> int:
+        """How many partitions of ``nudge.messages`` this deliverer holds now."""
+        return len(self._consumer.assignment())
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def run(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=1_000)
+            messages: list[delivery.Outgoing] = []
+            oldest_ms = int(time.time() * 1000) - self.inbox_ttl_s * 1000
+            for records in batches.values():
+                for record in records:
+                    message = self._decode(record.value or b"", record.topic, record.partition, record.offset)
+                    if message is None:
+                        continue
+                    if message.at_ms < oldest_ms:
+                        self.counts["stale"] += 1
+                        continue
+                    messages.append(message)
+            if messages:
+                await self._deliver(messages)
+            if batches:
+                await self._consumer.commit()
+
+    def _decode(self, raw: bytes, topic: str, partition: int, offset: int) -> delivery.Outgoing | None:
+        try:
+            message = delivery.outgoing(raw)
+        except ValueError as error:
+            self.counts["malformed"] += 1
+            log.warning("skipping %s[%d]@%d: not a decision record: %s", topic, partition, offset, error)
+            return None
+        if message is None:
+            self.counts["suppressed"] += 1
+        return message
+
+    async def _deliver(self, messages: list[delivery.Outgoing]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                prefix, ttl = self.settings.app_id, self.inbox_ttl_s
+                published = await delivery.deliver(self.redis, prefix, messages, inbox_ttl_s=ttl)
+            except (RedisError, OSError) as error:
+                log.warning("delivery of %d messages failed, retrying in %.1f s: %s", len(messages), backoff, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            self.counts["delivered"] += len(messages)
+            self.counts["published"] += published
+            return

@@ -1,0 +1,262 @@
+"""The websocket gateway: a thin ``websockets`` server around the sans-I/O :class:`~ws.protocol.Hub`.
+
+One gateway process (``nudge gateway``, Procfile ``ws``) runs four loops on one event loop:
+
+- the ``websockets`` server: HTTP requests go to :class:`~ws.routes.Routes` (token check, SDK, demo store); each
+  accepted socket is registered with the hub, recorded in Redis presence, sent its inbox, then its frames are fed to
+  the hub until it closes;
+- the node channel: messages published to this node (``<prefix>:node:<node id>``) are pushed through the hub;
+- the deliverer (:mod:`ws.deliverer`): ``nudge.messages`` -> Redis inboxes -> the channels of the nodes holding the
+  users' sockets (this node or another);
+- presence upkeep: every few seconds this node re-marks its online users, so presence expires by itself if the
+  process dies.
+
+Everything the hub decides comes back as effects, carried out in :meth:`Gateway.carry_out`. A socket whose client
+does not read (its send buffer passes ``max_buffered_bytes``) is dropped on its own, so one slow reader never holds
+up the others; its messages stay in the inbox for its next connection.
+
+Garbage collection: a full collection walks every live object, and a gateway holds many long-lived ones per socket
+(measured: 100-170 ms pauses with 5,000 sockets). After start-up the gateway freezes what exists (``gc.freeze``) and
+raises the young-generation threshold, so collections stay short and rare; see :func:`tune_gc`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from app.settings import Settings
+from ws import delivery
+from ws.deliverer import Deliverer
+from ws.protocol import Acked, Close, Effect, Hub, Produce, Send
+from ws.routes import Respond, Routes, Upgrade
+
+log = logging.getLogger(__name__)
+
+PRESENCE_REFRESH_S = delivery.DEFAULT_PRESENCE_TTL_S / 3
+#: A socket whose unsent bytes pass this is dropped: its client is not reading.
+MAX_BUFFERED_BYTES = 256 * 1024
+
+
+def tune_gc() -> None:
+    """Keep garbage collection pauses short on a server holding many long-lived objects.
+
+    Everything allocated at start-up (modules, settings, clients) moves to the permanent generation, and the
+    young-generation threshold goes from 700 to 50,000 allocations, so that the objects of a burst of pushes die
+    young instead of being promoted into the generations a full collection walks.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+class Gateway:
+    """One gateway node. Use :meth:`run` (serves until ``stop`` is set); ``port`` is known once it serves."""
+
+    def __init__(self, settings: Settings, *, hub: Hub | None = None) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.prefix = settings.app_id
+        self.hub = hub or Hub()
+        self.routes = Routes(secret=settings.secret.encode(), demo_store=settings.demo_store, stats=self.stats)
+        self.port = settings.ws_port
+        self.redis: Redis = Redis.from_url(settings.redis_url or "")
+        self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=2)
+        self.deliverer = Deliverer(settings, self.redis)
+        self._sockets: dict[int, ServerConnection] = {}
+        self._users: dict[int, str] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.counts = {"opened": 0, "refused": 0, "pushed": 0, "acked": 0, "tracked": 0, "dropped_slow": 0}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "node": self.node_id,
+            "connections": len(self._sockets),
+            "partitions": self.deliverer.partitions,
+            **self.counts,
+            **self.deliverer.counts,
+        }
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set, then close every socket (1001) and stop the loops."""
+        await self._producer.start()
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(delivery.channel(self.prefix, self.node_id))
+        deliverer = self.deliverer
+        await deliverer.start()
+        origins: list[str | None] | None = self._origins()
+        try:
+            async with serve(
+                self._handle,
+                self.settings.ws_host,
+                self.settings.ws_port,
+                process_request=self._process_request,
+                origins=origins,  # type: ignore[arg-type]
+                compression=None,  # small JSON frames: deflate would cost CPU per socket and save little
+                max_size=self.hub.max_frame_bytes,
+                ping_interval=20,
+                ping_timeout=20,
+                server_header=None,
+            ) as server:
+                self.port = _bound_port(server)
+                loops = [
+                    asyncio.create_task(self._listen(pubsub), name="node channel"),
+                    asyncio.create_task(deliverer.run(), name="deliverer"),
+                    asyncio.create_task(self._refresh_presence(), name="presence"),
+                ]
+                tune_gc()
+                log.info("gateway %s serving on %s:%d", self.node_id, self.settings.ws_host, self.port)
+                if ready is not None:
+                    ready.set()
+                waiter = asyncio.create_task(stop.wait())
+                done, _ = await asyncio.wait([waiter, *loops], return_when=asyncio.FIRST_COMPLETED)
+                for task in [waiter, *loops]:
+                    task.cancel()
+                for task in done:
+                    if task is not waiter and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+        finally:
+            await deliverer.stop()
+            await pubsub.aclose()
+            await self._producer.stop()
+            await self.redis.aclose()
+            log.info("gateway %s stopped: %s", self.node_id, self.counts)
+
+    def _origins(self) -> list[str | None]:
+        """Browsers must come from an allowed origin; clients that send none (servers, tools) are not browsers."""
+        own = [f"http://{host}:{self.settings.ws_port}" for host in {self.settings.ws_host, "localhost", "127.0.0.1"}]
+        return [None, *sorted(self.settings.ws_origins or own)]
+
+    # -- HTTP ----------------------------------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        route = self.routes.handle(request.path, request.headers, time.time())
+        if isinstance(route, Upgrade):
+            connection.username = route.user_id
+            return None
+        return _response(route)
+
+    # -- sockets -------------------------------------------------------------------------------------------------
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        user_id = connection.username
+        conn_id = next(self._ids)
+        refused = self.hub.open(conn_id, user_id, time.monotonic())
+        if refused:
+            self.counts["refused"] += 1
+            self._sockets[conn_id] = connection
+            await self.carry_out(refused)
+            return
+        self._sockets[conn_id] = connection
+        self._users[conn_id] = user_id
+        self.counts["opened"] += 1
+        try:
+            # Presence before the inbox read; the deliverer writes the inbox before it reads presence. So a message
+            # racing this connection is found by one or the other (and the hub sends it once).
+            await delivery.present(self.redis, self.prefix, [user_id], self.node_id)
+            pending = await delivery.inbox(self.redis, self.prefix, user_id)
+            await self.carry_out(self.hub.replay(conn_id, pending))
+            async for frame in connection:
+                await self.carry_out(self.hub.received(conn_id, frame, time.monotonic()))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.hub.closed(conn_id)
+            self._sockets.pop(conn_id, None)
+            self._users.pop(conn_id, None)
+            if not self.hub.online(user_id):
+                with contextlib.suppress(Exception):  # presence expires by itself if Redis is away
+                    await delivery.absent(self.redis, self.prefix, user_id, self.node_id)
+
+    async def carry_out(self, effects: Iterable[Effect]) -> None:
+        """Do what the hub decided, in order."""
+        for effect in effects:
+            if isinstance(effect, Send):
+                self._send(effect.conn_id, effect.text)
+            elif isinstance(effect, Close):
+                connection = self._sockets.pop(effect.conn_id, None)
+                if connection is not None:
+                    # Only open() and received() close, both inside this socket's own handler: waiting is safe.
+                    log.info("closing a socket of %s: %d %s", connection.username, effect.code, effect.reason)
+                    await connection.close(effect.code, effect.reason)
+            elif isinstance(effect, Produce):
+                self.counts["tracked"] += 1
+                value = orjson.dumps(effect.event)
+                await self._producer.send(self.settings.events_topic, value, key=effect.user_id.encode())
+            elif isinstance(effect, Acked):
+                self.counts["acked"] += 1
+                self._spawn(delivery.acknowledge(self.redis, self.prefix, effect.user_id, effect.message_id))
+
+    def _send(self, conn_id: int, text: str) -> None:
+        connection = self._sockets.get(conn_id)
+        if connection is None:
+            return
+        if connection.transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
+            # The client stopped reading: a close frame would queue behind the backlog, so abort the TCP connection.
+            log.warning("dropping a socket of %s: its client is not reading", connection.username)
+            self.counts["dropped_slow"] += 1
+            self._sockets.pop(conn_id, None)
+            connection.transport.abort()
+            return
+        broadcast([connection], text)
+        self.counts["pushed"] += 1
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Push what the deliverers publish to this node."""
+        async for message in pubsub.listen():
+            if message.get("type") != "message":
+                continue
+            try:
+                published = orjson.loads(message["data"])
+                effects = self.hub.push(published["user"], published["id"], published["payload"])
+            except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+                log.warning("ignoring a malformed publish on the node channel: %s", error)
+                continue
+            await self.carry_out(effects)
+
+    async def _refresh_presence(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_REFRESH_S)
+            users = set(self._users.values())
+            if users:
+                try:
+                    await delivery.present(self.redis, self.prefix, users, self.node_id)
+                except Exception as error:  # Redis restarting: try again next round; presence has a TTL to spare
+                    log.warning("could not refresh presence of %d users: %s", len(users), error)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background task failed: %s", task.exception())
+
+
+def _response(route: Respond) -> Response:
+    headers = Headers({"Content-Type": route.content_type, "Content-Length": str(len(route.body)), **route.headers})
+    reasons = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
+    return Response(route.status, reasons.get(route.status, "Upgrade Required"), headers, route.body)
+
+
+def _bound_port(server: Server) -> int:
+    return int(next(iter(server.sockets)).getsockname()[1])
