@@ -18,9 +18,12 @@ from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
 from agents.ingest import pipeline, read_model, rules
+from app.collector import produce
+from app.events import iso_from_ms, normalise
 from app.main import app, settings
 from app.partitioning import partition_for
 from app.stats import ingest_stats
+from models.consent import consent_event, parse_preferences
 from models.insight import Insight
 from models.partition import summarize
 from tables.insights import insights
@@ -124,6 +127,35 @@ class WebsocketToken(View):
         return self.json({"token": token, "user_id": body["userId"], "expires_at": expires_at})
 
 
+@app.page("/v1/users/{user_id}/consent")
+class Consent(View):
+    """``PUT {"categoryPreferences": {"marketing": false, ...}}``: record a user's consent choice.
+
+    The choice becomes a ``Consent Updated`` event on ``nudge.events`` (so a replay reproduces it) and applies from
+    that event on. Answers 202 once the broker has it; 400 with the reason for an unknown purpose or a wrong type.
+    """
+
+    @requires_api_key
+    async def put(self, request: Request, user_id: str) -> Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self.json({"error": "the body is not JSON"}, status=400)
+        if not isinstance(body, dict) or set(body) != {"categoryPreferences"}:
+            return self.json({"error": 'expected {"categoryPreferences": {"<purpose>": true|false}}'}, status=400)
+        now_ms = int(time.time() * 1000)
+        try:
+            preferences = parse_preferences(body["categoryPreferences"])
+            event = consent_event(user_id, preferences, timestamp=iso_from_ms(now_ms), source="api")
+            normalised = normalise(event, now_ms=now_ms)
+        except ValueError as error:
+            return self.json({"error": str(error)}, status=400)
+        await produce([normalised])
+        return self.json(
+            {"user_id": user_id, "categoryPreferences": preferences, "messageId": normalised["messageId"]}, status=202
+        )
+
+
 @app.page("/v1/models")
 @requires_api_key
 async def get_models(view: View, request: Request) -> Response:
@@ -157,7 +189,8 @@ async def get_models(view: View, request: Request) -> Response:
 @app.page("/v1/stats")
 @requires_api_key
 async def get_stats(view: View, request: Request) -> Response:
-    return view.json({**ingest_stats.as_dict(), "profiles": len(profiles.data)})
+    anonymous = pipeline.anonymous_counts
+    return view.json({**ingest_stats.as_dict(), "profiles": len(profiles.data), "anonymous_events": anonymous})
 
 
 @app.page("/health")

@@ -93,6 +93,11 @@ async def _produce(events: list[tuple[int, bytes]]) -> None:
     await batcher.submit(events)
 
 
+async def produce(events: list[dict[str, Any]]) -> None:
+    """Produce normalised events to ``nudge.events`` (as the collector does) and return once the broker has them."""
+    await _produce([_encoded(event) for event in events])
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = cast(web.Request, request).content_length
     if declared is not None and declared > limit:

@@ -24,6 +24,8 @@ from typing import Any
 
 import aiohttp
 
+from models.consent import PURPOSES
+
 READY_TIMEOUT_S = 60.0
 #: The checkout the stack runs from: its segment file and content map are the defaults.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -127,13 +129,14 @@ class EmbeddedRedis:
 
 
 @dataclass
-class Worker:
-    """One ``nudge worker`` process of the stack."""
+class Node:
+    """One process of the stack: ``nudge worker`` or ``nudge gateway`` (``command``)."""
 
     port: int
     data_dir: Path
     env: dict[str, str]
     log_path: Path
+    command: str = "worker"
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -143,7 +146,7 @@ class Worker:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
+            [sys.executable, "-m", "app.cli", self.command],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -153,7 +156,7 @@ class Worker:
     def check_alive(self) -> None:
         """Raise if the process has exited (so a wait on it fails at once, with the log to read)."""
         if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"worker exited with {self.process.returncode}; see {self.log_path}")
+            raise RuntimeError(f"{self.command} exited with {self.process.returncode}; see {self.log_path}")
 
     def kill(self) -> None:
         """SIGKILL: the crash case. Nothing is flushed."""
@@ -171,7 +174,8 @@ class Worker:
             self.kill()
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Wait until the worker's ``/health`` says its tables are recovered and it owns partitions."""
+        """Wait until ``/health`` answers 200: a worker's tables are recovered and it owns partitions; a gateway
+        serves."""
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
@@ -181,14 +185,15 @@ class Worker:
                         if r.status == 200:
                             return
                 await asyncio.sleep(0.1)
-        raise TimeoutError(f"worker on {self.url} not ready after {timeout} s; see {self.log_path}")
+        raise TimeoutError(f"{self.command} on {self.url} not ready after {timeout} s; see {self.log_path}")
 
 
 @dataclass
 class DevStack:
-    """Broker, Redis and ``workers`` worker processes, with fresh keys unless given."""
+    """Broker, Redis, ``workers`` worker and ``gateways`` gateway processes, with fresh keys unless given."""
 
     workers: int = 1
+    gateways: int = 1
     root: Path = field(default_factory=lambda: Path("var") / f"dev-{os.getpid()}-{secrets.token_hex(3)}")
     write_key: str = field(default_factory=lambda: "wk_" + secrets.token_urlsafe(16))
     api_key: str = field(default_factory=lambda: "ak_" + secrets.token_urlsafe(16))
@@ -202,7 +207,9 @@ class DevStack:
     keep_files: bool = False
     broker: EmbeddedBroker = field(init=False)
     redis: EmbeddedRedis = field(default_factory=EmbeddedRedis)
-    nodes: list[Worker] = field(default_factory=list)
+    #: The worker processes (``gateway_nodes``: the gateways).
+    nodes: list[Node] = field(default_factory=list)
+    gateway_nodes: list[Node] = field(default_factory=list)
 
     async def __aenter__(self) -> DevStack:
         try:
@@ -231,21 +238,37 @@ class DevStack:
         for index in range(self.workers):
             self.nodes.append(self.new_worker(index))
             self.nodes[-1].start()
-        await asyncio.gather(*(node.wait_ready() for node in self.nodes))
+        for index in range(self.gateways):
+            self.gateway_nodes.append(self.new_gateway(index))
+            self.gateway_nodes[-1].start()
+        await asyncio.gather(*(node.wait_ready() for node in [*self.nodes, *self.gateway_nodes]))
 
-    def new_worker(self, index: int) -> Worker:
+    def new_worker(self, index: int) -> Node:
         """A worker process definition (not started) sharing this stack's broker, Redis and keys."""
         port = free_port()
         data_dir = self.root / f"worker-{index}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        env = {
+        env = self._env()
+        env.update(NUDGE_WEB_PORT=str(port), NUDGE_DATA_DIR=str(data_dir), **self.extra_env)
+        return Node(port=port, data_dir=data_dir, env=env, log_path=self.root / f"worker-{index}.log")
+
+    def new_gateway(self, index: int) -> Node:
+        """A gateway process definition (not started), serving the demo store, named ``gateway-<index>``."""
+        port = free_port()
+        data_dir = self.root / f"gateway-{index}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = self._env()
+        env.update(NUDGE_WS_PORT=str(port), NUDGE_NODE_ID=f"gateway-{index}", NUDGE_DEMO_STORE="1", **self.extra_env)
+        log_path = self.root / f"gateway-{index}.log"
+        return Node(port=port, data_dir=data_dir, env=env, log_path=log_path, command="gateway")
+
+    def _env(self) -> dict[str, str]:
+        return {
             **os.environ,
             "KAFKA_BROKER_URL": f"kafka://{self.broker.bootstrap}",
             "NUDGE_EMBEDDED_BROKER": "1",
             "REDIS_URL": self.redis.url,
             "NUDGE_PARTITIONS": str(self.partitions),
-            "NUDGE_WEB_PORT": str(port),
-            "NUDGE_DATA_DIR": str(data_dir),
             "NUDGE_WRITE_KEYS": self.write_key,
             "NUDGE_API_KEYS": self.api_key,
             "NUDGE_SESSION_TIMEOUT_S": "6",
@@ -254,12 +277,12 @@ class DevStack:
             "NUDGE_SEGMENTS_FILE": str(REPO_ROOT / "segments.yaml"),
             "NUDGE_CONTENT_FILE": str(REPO_ROOT / "content.yaml"),
             "NUDGE_TRIGGERS_FILE": str(REPO_ROOT / "triggers.yaml"),
-            **self.extra_env,
+            # Simulated shoppers have consented to everything; tests of consent set their own default (opt-in).
+            "NUDGE_DEFAULT_CONSENT": ",".join(PURPOSES),
         }
-        return Worker(port=port, data_dir=data_dir, env=env, log_path=self.root / f"worker-{index}.log")
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in [*self.gateway_nodes, *self.nodes]:
             node.stop()
         if hasattr(self, "broker"):
             self.broker.stop()
@@ -278,4 +301,13 @@ class DevStack:
             "write_key": self.write_key,
             "api_key": self.api_key,
             "redis_prefix": self.app_id,
+            **(
+                {"ws": f"ws://127.0.0.1:{self.gateway.port}/v1/ws", "store": f"{self.gateway.url}/store/"}
+                if self.gateway_nodes
+                else {}
+            ),
         }
+
+    @property
+    def gateway(self) -> Node:
+        return self.gateway_nodes[0]

@@ -33,7 +33,7 @@ from models.segments import SegmentSet
 from models.triggers import TriggerSet
 from tables.profile import Profile, fold
 
-NO_RULES = Rules(SegmentSet("none", ()), TriggerSet("none", (), 0))
+NO_RULES = Rules(SegmentSet("none", ()), TriggerSet("none", (), 0), {"analytics": True, "personalization": True})
 FAR_FUTURE_MS = 4_102_444_800_000
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from models.consent import parse_preferences
+
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
@@ -93,6 +95,14 @@ def validate(raw: object, *, now_ms: int, default_type: str | None = None) -> tu
         value = event.get(field)
         if value is not None and not isinstance(value, dict):
             raise InvalidEvent(f"{field} must be an object, not {_json_type(value)}")
+    consent = (event.get("context") or {}).get("consent")
+    if consent is not None:
+        if not isinstance(consent, dict) or "categoryPreferences" not in consent:
+            raise InvalidEvent("context.consent must be an object with categoryPreferences")
+        try:
+            parse_preferences(consent["categoryPreferences"], where="context.consent.categoryPreferences")
+        except ValueError as error:
+            raise InvalidEvent(str(error)) from None
 
     stamp = event.get("timestamp")
     if stamp is None:

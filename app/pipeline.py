@@ -34,6 +34,7 @@ from tables.profile import record_steps
 log = logging.getLogger(__name__)
 #: Decision records kept per user in the ``messages`` table for the API; the topic keeps them all (by retention).
 MAX_KEPT_MESSAGES = 50
+MAX_ANONYMOUS_NAMES = 256
 
 
 class Pipeline:
@@ -79,6 +80,8 @@ class Pipeline:
         self._held: set[int] = set()
         self.segment_changes = 0
         self.decisions: dict[str, int] = {}
+        #: Events of users without analytics consent, by event name: the only trace they leave.
+        self.anonymous_counts: dict[str, int] = {}
 
     # -- partitions --------------------------------------------------------------------------------------------------
 
@@ -134,10 +137,15 @@ class Pipeline:
         decisions: list[Decision] = []
         folded = 0
         for user_id, events in by_user.items():
-            steps = record_steps(self.profiles.data.get(user_id), user_id, events, partition=partition, offset=offset)
+            profile = self.profiles.data.get(user_id)
+            consent = rules.default_consent
+            steps = record_steps(profile, user_id, events, partition=partition, offset=offset, default_consent=consent)
             if not steps:
                 continue
-            folded += len(steps)
+            folded += len(steps)  # applied, as a profile change or, without analytics consent, an anonymous count
+            for step in steps:
+                if not step.profiled:
+                    self._count_anonymously(step.event.name)
             self.profile_writer.put(user_id, steps[-1].after, partition=partition)
             before = insight = self.insights.data.get(user_id)
             for step in steps:
@@ -157,6 +165,11 @@ class Pipeline:
         self._fire_due(partition, changes, decisions)
         await self._emit(changes, decisions, partition)
         return folded
+
+    def _count_anonymously(self, event_name: str) -> None:
+        """An event of a user without ``analytics`` consent: only a count per event name, with no user attached."""
+        if event_name in self.anonymous_counts or len(self.anonymous_counts) < MAX_ANONYMOUS_NAMES:
+            self.anonymous_counts[event_name] = self.anonymous_counts.get(event_name, 0) + 1
 
     async def fire_due(self, partition: int) -> None:
         """Carry out what the clock alone brings on ``partition`` (the clock timer's entry point)."""

@@ -27,7 +27,7 @@ from models.features import features, product_seen_before
 from models.segments import SegmentSet, transitions
 from models.triggers import Decision, TriggerSet, TriggerState
 from models.variables import next_change, variables
-from tables.profile import Profile
+from tables.profile import Profile, granted
 
 SCORED_EVENTS = frozenset({"Product Viewed", "Product Added", "Product Removed", "Cart Viewed", "Checkout Started"})
 PURCHASE = "Order Completed"
@@ -111,9 +111,16 @@ def on_event(
     rules: Rules,
     horizon_ms: int,
 ) -> tuple[Insight, list[Effect]]:
-    """Update ``insight`` for ``event``, just folded: ``before`` and ``after`` are the profile around it."""
+    """Update ``insight`` for ``event``, just folded: ``before`` and ``after`` are the profile around it.
+
+    Without the user's ``personalization`` consent (or ``analytics``: then nothing was folded) there is no score,
+    no cluster and no segment: pending samples are dropped unlearned and segments are left. Triggers still come
+    due, and each checks its own purpose (a marketing message needs ``marketing``).
+    """
     current = insight or Insight()
     now = event.timestamp_ms
+    if not personalised(after, rules):
+        return _impersonal(current, after, now, event.name, rules)
     effects: list[Effect] = []
     pending, expired = labels.expire(current.pending, now, horizon_ms)
     effects.extend(expired)
@@ -138,10 +145,24 @@ def on_clock(
     insight: Insight, profile: Profile, now_ms: int, *, rules: Rules, horizon_ms: int
 ) -> tuple[Insight, list[Effect]]:
     """Update ``insight`` as time passes with no event of the user: labels expire, segments and triggers come due."""
+    if not personalised(profile, rules):
+        return _impersonal(insight, profile, now_ms, "", rules)
     pending, expired = labels.expire(insight.pending, now_ms, horizon_ms)
     effects: list[Effect] = list(expired)
     updated = replace(insight, pending=pending, as_of_ms=max(insight.as_of_ms, now_ms))
     return _segments_and_triggers(updated, profile, now_ms, "", rules, effects)
+
+
+def personalised(profile: Profile, rules: Rules) -> bool:
+    """Whether the user lets Nudge profile them (``analytics``) and personalise for them (``personalization``)."""
+    return granted(profile, "analytics", rules.default_consent) and granted(
+        profile, "personalization", rules.default_consent
+    )
+
+
+def _impersonal(insight: Insight, profile: Profile, now: int, cause: str, rules: Rules) -> tuple[Insight, list[Effect]]:
+    forgotten = replace(insight, intent=None, model_version="", cluster=None, pending=(), as_of_ms=now)
+    return _segments_and_triggers(forgotten, profile, now, cause, rules, [], personal=False)
 
 
 def has_cart_this_session(profile: Profile) -> float:
@@ -160,17 +181,24 @@ def message_values(profile: Profile, values: Mapping[str, object]) -> dict[str, 
 
 
 def _segments_and_triggers(
-    insight: Insight, profile: Profile, now: int, cause: str, rules: Rules, effects: list[Effect]
+    insight: Insight,
+    profile: Profile,
+    now: int,
+    cause: str,
+    rules: Rules,
+    effects: list[Effect],
+    *,
+    personal: bool = True,
 ) -> tuple[Insight, list[Effect]]:
     segments = rules.segments
     values = variables(profile, now_ms=now, event=cause, intent=insight.intent, cluster=insight.cluster)
-    members = segments.memberships(values)
+    members = segments.memberships(values) if personal else frozenset()
     entered, exited = transitions(frozenset(insight.segments), members)
     for name in entered:
         effects.append(SegmentChange(profile.user_id, name, True, now, segments.version, cause or "clock"))
     for name in exited:
         effects.append(SegmentChange(profile.user_id, name, False, now, segments.version, cause or "clock"))
-    recheck = next_change(profile, segments.clock_thresholds, now)
+    recheck = next_change(profile, segments.clock_thresholds, now) if personal else None
     consent = {**rules.default_consent, **profile.consent}
     shown = message_values(profile, values)
     if cause:

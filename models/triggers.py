@@ -40,13 +40,13 @@ from typing import Any, Literal
 import yaml
 
 from models import rulefile
+from models.consent import PURPOSES
 from models.expressions import Expression, ExpressionError, compile_expression
 
 DAY_MS = 86_400_000
 MAX_TRIGGERS = 200
 MAX_TEMPLATE_CHARS = 1_000
 MAX_DURATION_MS = 30 * DAY_MS
-PURPOSES = ("analytics", "personalization", "marketing")
 #: Template-only names, besides the rule variables: filled from the profile by the caller (see ``TEMPLATE_NAMES``).
 TEMPLATE_EXTRAS = {
     "top_cart_item": "the name (else the product id) of the most valuable item in the cart",

@@ -104,21 +104,41 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One event folded into a profile: ``before`` is ``None`` for a user seen for the first time."""
+    """One event folded into a profile: ``before`` is ``None`` for a user seen for the first time.
+
+    ``profiled`` is false when the user has not granted ``analytics``: then ``after`` differs from ``before`` only
+    in the consent the event stated, and the event may be counted only in anonymous aggregates.
+    """
 
     before: Profile | None
     event: Event
     after: Profile
+    profiled: bool = True
+
+
+def granted(profile: Profile | None, purpose: str, default: Mapping[str, bool]) -> bool:
+    """Whether the user has consented to ``purpose``: what they last stated, else the deployment's default."""
+    if profile is not None and purpose in profile.consent:
+        return profile.consent[purpose]
+    return default.get(purpose, False)
 
 
 def record_steps(
-    profile: Profile | None, user_id: str, events: list[Event], *, partition: int, offset: int
+    profile: Profile | None,
+    user_id: str,
+    events: list[Event],
+    *,
+    partition: int,
+    offset: int,
+    default_consent: Mapping[str, bool],
 ) -> list[Step]:
     """Fold the ``events`` of one user carried by the record at ``partition``/``offset``, once, step by step.
 
     Returns one :class:`Step` per event folded; the last step's ``after`` is the profile to store. The list is
     empty when nothing changed: the record was applied before (a redelivery after a crash) or every event repeats
-    a recently seen ``messageId`` (a client retry).
+    a recently seen ``messageId`` (a client retry). An event is folded only if the user, with the consent that
+    event itself states, has granted ``analytics`` (``default_consent`` for what they never stated); otherwise only
+    its consent is kept.
     """
     if profile is not None and partition == profile.source_partition and offset <= profile.source_offset:
         return []
@@ -130,15 +150,20 @@ def record_steps(
         if id_hash in seen:
             continue
         seen.append(id_hash)
-        folded = fold(current or Profile(user_id=user_id), event)
-        steps.append(Step(current, event, folded))
-        current = folded
+        start = current or Profile(user_id=user_id)
+        stated = _stated_consent(event.context)
+        consented = replace(start, consent=_merge_consent(start.consent, stated)) if stated else start
+        if granted(consented, "analytics", default_consent):
+            steps.append(Step(current, event, fold(start, event)))
+        else:
+            steps.append(Step(current, event, consented, profiled=False))
+        current = steps[-1].after
     if steps:
         last = steps[-1]
         final = replace(
             last.after, source_partition=partition, source_offset=offset, seen_ids=tuple(seen[-MAX_SEEN_IDS:])
         )
-        steps[-1] = Step(last.before, last.event, final)
+        steps[-1] = replace(last, after=final)
     return steps
 
 

@@ -33,7 +33,13 @@ def profile_view(profile: Profile, *, now_ms: int) -> dict[str, Any]:
         },
         "cart": {
             "items": [
-                {"product_id": i.product_id, "quantity": i.quantity, "price": i.price, "category": i.category}
+                {
+                    "product_id": i.product_id,
+                    "name": i.name,
+                    "quantity": i.quantity,
+                    "price": i.price,
+                    "category": i.category,
+                }
                 for i in profile.cart.values()
             ],
             "quantity": profile.cart_quantity,

@@ -23,6 +23,7 @@ Browser frames are JSON text::
 
     {"type": "ack", "id": "<message id>"}
     {"type": "track", "event": "<name>", "properties": {...}, "messageId"?: "<id>", "timestamp"?: "<ISO-8601>"}
+    {"type": "consent", "categoryPreferences": {"marketing": false, ...}}
     {"type": "ping"}
 
 and the hub answers with ``{"type": "message", "id": "<message id>", "payload": {...}}`` and ``{"type": "pong"}``.
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
+
+from models.consent import CONSENT_EVENT, parse_preferences
 
 CLOSE_UNSUPPORTED_DATA: Final = 1003
 """The client sent a binary frame; the protocol is JSON text only."""
@@ -264,10 +267,12 @@ class Hub:
                 return self._ack(conn_id, connection, frame)
             case "track":
                 return self._track(conn_id, connection, frame, now)
+            case "consent":
+                return self._consent(conn_id, connection, frame, now)
             case "ping":
                 return [Send(conn_id, _PONG)]
             case _:
-                return self._close(conn_id, CLOSE_MALFORMED, "unknown frame type: expected ack, track or ping")
+                return self._close(conn_id, CLOSE_MALFORMED, "unknown frame type: expected ack, track, consent or ping")
 
     def _ack(self, conn_id: int, connection: _Connection, frame: dict[str, Any]) -> list[Effect]:
         message_id = frame.get("id")
@@ -326,6 +331,24 @@ class Hub:
             orjson.dumps(event)
         except orjson.JSONEncodeError:
             return self._close(conn_id, CLOSE_MALFORMED, "track frame: properties are nested too deeply")
+        return [Produce(connection.user_id, event)]
+
+    def _consent(self, conn_id: int, connection: _Connection, frame: dict[str, Any], now: float) -> list[Effect]:
+        try:
+            preferences = parse_preferences(
+                frame.get("categoryPreferences"), where="consent frame: categoryPreferences"
+            )
+        except ValueError as error:
+            return self._close(conn_id, CLOSE_MALFORMED, str(error))
+        connection.tracks += 1
+        event: dict[str, Any] = {
+            "type": "track",
+            "userId": connection.user_id,
+            "event": CONSENT_EVENT,
+            "properties": {"source": "websocket"},
+            "messageId": _derived_message_id(connection.user_id, conn_id, connection.tracks, now),
+            "context": {"channel": "websocket", "consent": {"categoryPreferences": preferences}},
+        }
         return [Produce(connection.user_id, event)]
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------

@@ -273,7 +273,8 @@ async def messages(stack: DevStack, user: str) -> list[dict[str, Any]]:
 
 
 async def test_triggers_fire_on_inactivity_respect_consent_and_holdout_and_explain_themselves(tmp_path: Path) -> None:
-    env = rule_files(tmp_path, triggers=TRIGGERS)
+    # Marketing is opt-in here: bob, who never says, gets nothing.
+    env = {**rule_files(tmp_path, triggers=TRIGGERS), "NUDGE_DEFAULT_CONSENT": "analytics,personalization"}
     async with DevStack(root=tmp_path / "stack", extra_env=env) as stack:
         consent = {"consent": {"categoryPreferences": {"marketing": True}}}
         add = {"event": "Product Added", "properties": {"product_id": "red-shoes", "price": 59.5}}

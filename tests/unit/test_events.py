@@ -371,3 +371,23 @@ def test_encode_batch_round_trips_through_decode_record() -> None:
 
 def test_encode_batch_of_nothing_is_an_empty_batch() -> None:
     assert decode_record(encode_batch([])) == []
+
+
+@pytest.mark.parametrize(
+    ("consent", "reason"),
+    [
+        ({"categoryPreferences": {"ads": True}}, "context.consent.categoryPreferences: unknown purpose 'ads'"),
+        ({"categoryPreferences": {"marketing": "yes"}}, "context.consent.categoryPreferences.marketing must be true"),
+        ({"categoryPreferences": ["marketing"]}, "context.consent.categoryPreferences must be an object"),
+        ({"marketing": True}, "context.consent must be an object with categoryPreferences"),
+        ("all", "context.consent must be an object with categoryPreferences"),
+    ],
+)
+def test_a_consent_statement_with_unknown_purposes_or_wrong_types_is_refused(consent: object, reason: str) -> None:
+    assert refused(track(context={"consent": consent})).startswith(reason)
+
+
+def test_a_well_formed_consent_statement_is_kept() -> None:
+    preferences = {"analytics": True, "marketing": False}
+    event = normalise(track(context={"consent": {"categoryPreferences": preferences}}), now_ms=NOW_MS)
+    assert event["context"]["consent"]["categoryPreferences"] == preferences

@@ -39,7 +39,7 @@ class Journey:
 
     def __init__(self, segments: SegmentSet = SEGMENTS, triggers: TriggerSet = NO_TRIGGERS) -> None:
         self.models = PartitionModels(0)
-        self.rules = Rules(segments, triggers)
+        self.rules = Rules(segments, triggers, default_consent={"analytics": True, "personalization": True})
         self.profile: Profile | None = None
         self.insight: Insight | None = None
         self.changes: list[SegmentChange] = []
@@ -242,3 +242,29 @@ def test_the_event_clock_follows_the_latest_event_and_runs_on_with_the_wall_cloc
     assert clocks.now(0) == T0 + 60_000
     assert clocks.now(1) is None
     assert PartitionClocks("wall").now(0) > T0
+
+
+def test_withdrawing_personalization_drops_the_score_the_samples_and_every_segment_at_once() -> None:
+    journey = Journey()
+    for minute in range(6):
+        journey.send("Product Viewed", minute, product_id=f"p{minute}", category="shoes", price=40.0)
+    assert journey.insight is not None and journey.insight.segments and journey.insight.pending
+    withdrawn = journey.send(
+        "Product Viewed",
+        7,
+        product_id="p9",
+        category="shoes",
+        context={"categoryPreferences": {"personalization": False}},
+    )
+    assert (withdrawn.intent, withdrawn.cluster, withdrawn.pending, withdrawn.segments) == (None, None, (), ())
+    assert journey.history()[-1] == ("-category_binge", "Product Viewed", 7)
+    assert journey.tick(200).segments == ()  # the clock brings nothing back
+    assert journey.resolved == []  # samples gathered before were never learned from
+    regranted = journey.send(
+        "Product Viewed",
+        201,
+        product_id="p1",
+        category="shoes",
+        context={"categoryPreferences": {"personalization": True}},
+    )
+    assert regranted.intent is not None

@@ -32,10 +32,11 @@ def apply_record(
     profile: Profile | None, user_id: str, events: list[Event], *, partition: int, offset: int
 ) -> Profile | None:
     """The profile the worker stores for one record, or ``None`` when the record changes nothing."""
-    steps = record_steps(profile, user_id, events, partition=partition, offset=offset)
+    steps = record_steps(profile, user_id, events, partition=partition, offset=offset, default_consent=EVERYTHING)
     return steps[-1].after if steps else None
 
 
+EVERYTHING = {"analytics": True, "personalization": True, "marketing": True}
 T0 = 1_772_366_400_000  # 2026-03-01T12:00:00Z
 MINUTE = 60 * 1000
 HALF_LIFE = AFFINITY_HALF_LIFE_MS
@@ -549,3 +550,31 @@ def test_consent_follows_what_the_user_last_stated_per_purpose() -> None:
     profile = fold(profile, stated("everything", 3))  # not a mapping: ignored
     assert profile.consent == {"marketing": False, "analytics": True}
     assert decode_profile(encode_profile(profile)).consent == profile.consent
+
+
+def consent(**purposes: bool) -> dict[str, Any]:
+    return {"consent": {"categoryPreferences": purposes}}
+
+
+def test_without_analytics_consent_an_event_changes_only_the_stated_consent() -> None:
+    silent = Event("track", "Product Added", "u", "m1", T0, {"product_id": "p1", "price": 5.0}, {})
+    [step] = record_steps(None, "u", [silent], partition=0, offset=1, default_consent={})
+    assert not step.profiled
+    assert (step.after.event_counts, step.after.cart, step.after.consent) == ({}, {}, {})
+
+    granting = Event("track", "Product Added", "u", "m2", T0, {"product_id": "p1"}, consent(analytics=True))
+    withdrawing = Event("track", "Product Added", "u", "m3", T0 + 1, {"product_id": "p2"}, consent(analytics=False))
+    first, second = record_steps(step.after, "u", [granting, withdrawing], partition=0, offset=2, default_consent={})
+    assert first.profiled and first.after.event_counts == {"Product Added": 1}  # the event that grants counts
+    assert not second.profiled and list(second.after.cart) == ["p1"]  # the one that withdraws does not
+    assert second.after.consent == {"analytics": False}
+
+
+def test_a_default_consent_profiles_users_who_never_said_and_a_stated_refusal_wins() -> None:
+    default = {"analytics": True}
+    event = ev("Product Viewed")
+    [step] = record_steps(None, "user-1", [event], partition=0, offset=1, default_consent=default)
+    assert step.profiled and step.after.event_counts == {"Product Viewed": 1}
+    refusing = Event("track", "Product Viewed", "user-1", "m9", T0, {}, consent(analytics=False))
+    [refused] = record_steps(step.after, "user-1", [refusing], partition=0, offset=2, default_consent=default)
+    assert not refused.profiled and refused.after.event_counts == {"Product Viewed": 1}

@@ -175,6 +175,9 @@ def test_a_binary_frame_is_refused_even_if_it_holds_json() -> None:
         text(type="track", event="Product Viewed", messageId="m" * 201),
         text(type="track", event="Product Viewed", messageId=42),
         text(type="track", event="Product Viewed", timestamp=1772366400),
+        text(type="consent"),
+        text(type="consent", categoryPreferences={"ads": True}),
+        text(type="consent", categoryPreferences={"marketing": 1}),
         '{"type":"track","event":"Deep","properties":{"a":' + "[" * 300 + "]" * 300 + "}}",
         '"\ud800"',
     ],
@@ -467,3 +470,18 @@ def test_random_frames_never_raise_and_yield_only_known_effects() -> None:
                     pytest.fail(f"unknown effect {effect!r}")
         assert set(owners) == {c for user in (ALICE, BOB, "carol") for c in hub.connections(user)}
     assert seen == {Send, Close, Produce, Acked}
+
+
+def test_a_consent_frame_becomes_a_consent_event_of_the_authenticated_user() -> None:
+    hub = hub_with((1, ALICE))
+    [produce] = hub.received(1, text(type="consent", categoryPreferences={"marketing": False}, userId=BOB), NOW)
+    assert isinstance(produce, Produce) and produce.user_id == ALICE
+    assert produce.event["userId"] == ALICE and produce.event["event"] == "Consent Updated"
+    assert produce.event["context"] == {
+        "channel": "websocket",
+        "consent": {"categoryPreferences": {"marketing": False}},
+    }
+    [refused] = hub.received(1, text(type="consent", categoryPreferences={"ads": True}), NOW)
+    assert isinstance(refused, Close) and refused.reason.startswith(
+        "consent frame: categoryPreferences: unknown purpose"
+    )

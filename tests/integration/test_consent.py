@@ -1,0 +1,127 @@
+"""Consent per purpose, enforced on a running stack: at ingest (analytics), scoring and segments (personalization),
+triggers and push (marketing); set by events, by ``PUT /v1/users/{id}/consent`` and by the browser SDK's frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from app.devstack import DevStack
+from tests.integration.conftest import get_json, wait_for
+from tests.integration.test_gateway import decisions, tab, token_for
+from tests.integration.test_intelligence import decision, rule_files, track
+
+pytestmark = pytest.mark.integration
+
+TRIGGERS = """\
+cap_per_user_per_day: 50
+triggers:
+  help_offer:
+    when: {event: Help Wanted}
+    message: {title: "Need a hand?"}
+    consent: marketing
+  cart_idle:
+    when: {inactive: 2s}
+    if: cart_items > 0
+    message: {title: "Your cart misses you"}
+    consent: marketing
+"""
+
+
+async def put_consent(stack: DevStack, user: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {stack.api_key}"}) as session,
+        session.put(f"{stack.http}/v1/users/{user}/consent", data=body) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+async def outcomes(stack: DevStack, user: str, count: int) -> list[tuple[str, str | None]]:
+    async def arrived() -> bool:
+        return len(await decisions(stack, user)) >= count
+
+    await wait_for(arrived, timeout=20, what=f"{count} decisions for {user}")
+    return [(d["trigger"], d["reason"] or d["outcome"]) for d in reversed(await decisions(stack, user))]
+
+
+async def test_marketing_needs_consent_which_the_sdk_grants_and_the_api_withdraws_at_once(tmp_path: Path) -> None:
+    # An EU-style deployment: marketing is opt-in.
+    env = {**rule_files(tmp_path, triggers=TRIGGERS), "NUDGE_DEFAULT_CONSENT": "analytics,personalization"}
+    async with DevStack(root=tmp_path / "stack", keep_files=True, extra_env=env) as stack:
+        async with tab(stack.gateway, await token_for(stack, "ann")) as ann:
+            await ann.track("Help Wanted")
+            assert await outcomes(stack, "ann", 1) == [("help_offer", "consent")]
+
+            await ann.socket.send(
+                orjson.dumps({"type": "consent", "categoryPreferences": {"marketing": True}}).decode()
+            )
+            await ann.track("Help Wanted")
+            [pushed] = await ann.wait_for_messages(1)
+            assert await outcomes(stack, "ann", 2) == [("help_offer", "consent"), ("help_offer", "sent")]
+
+            # Mid-session: a filled cart arms the idle trigger, then the shop's backend records a withdrawal.
+            await ann.track("Product Added", properties={"product_id": "boots", "price": 80})
+            status, accepted = await put_consent(stack, "ann", b'{"categoryPreferences": {"marketing": false}}')
+            assert status == 202, accepted
+            assert await outcomes(stack, "ann", 3) == [
+                ("help_offer", "consent"),
+                ("help_offer", "sent"),
+                ("cart_idle", "consent"),
+            ]
+            assert [m["id"] for m in await ann.drain()] == [pushed["id"]]  # nothing after the withdrawal
+        _, profile = await get_json(f"{stack.http}/v1/users/ann/profile", api_key=stack.api_key)
+        assert profile["consent"] == {"marketing": False}
+
+
+async def test_without_analytics_nothing_is_profiled_and_without_personalization_nothing_is_inferred(
+    tmp_path: Path,
+) -> None:
+    env = {**rule_files(tmp_path), "NUDGE_DEFAULT_CONSENT": ""}  # opt-in for everything
+    async with DevStack(root=tmp_path / "stack", keep_files=True, extra_env=env) as stack:
+        views = [
+            {"event": "Product Viewed", "properties": {"product_id": f"p{n}", "category": "shoes"}} for n in range(7)
+        ]
+        analytics_only = {"consent": {"categoryPreferences": {"analytics": True}}}
+        await track(
+            stack,
+            *({"userId": "silent", **view} for view in views),
+            *({"userId": "counted", **view, "context": analytics_only} for view in views),
+        )
+
+        async def folded() -> bool:
+            _, stats = await get_json(f"{stack.http}/v1/stats", api_key=stack.api_key)
+            return bool(stats["events"] == 14 and stats["anonymous_events"].get("Product Viewed") == 7)
+
+        await wait_for(folded, timeout=20, what="14 events, 7 of them only counted")
+        _, silent = await get_json(f"{stack.http}/v1/users/silent/profile", api_key=stack.api_key)
+        assert silent["event_counts"] == {} and silent["recently_viewed"] == [] and silent["sessions"]["count"] == 0
+        _, counted = await get_json(f"{stack.http}/v1/users/counted/profile", api_key=stack.api_key)
+        assert counted["event_counts"] == {"Product Viewed": 7}
+        # Profiled, but not personalised: no score, no cluster, no segment (seven shoe views would make a binge).
+        for user in ("silent", "counted"):
+            shown = await decision(stack, user)
+            assert (shown["segments"], shown["intent"], shown["cluster"]) == ([], None, None)
+
+
+async def test_consent_with_unknown_purposes_or_wrong_types_is_refused_with_a_reason(stack: DevStack) -> None:
+    for body, reason in (
+        (b'{"categoryPreferences": {"ads": true}}', "categoryPreferences: unknown purpose 'ads'"),
+        (b'{"categoryPreferences": {"marketing": "no"}}', "categoryPreferences.marketing must be true or false"),
+        (b'{"marketing": false}', 'expected {"categoryPreferences"'),
+        (b"[", "the body is not JSON"),
+    ):
+        status, answer = await put_consent(stack, "ann", body)
+        assert status == 400 and answer["error"].startswith(reason), answer
+    async with aiohttp.ClientSession() as session:
+        async with session.put(f"{stack.http}/v1/users/ann/consent", data=b"{}") as response:
+            assert response.status == 401
+        bad_event = {"userId": "ann", "event": "Viewed", "context": {"consent": {"categoryPreferences": {"ads": 1}}}}
+        async with session.post(
+            f"{stack.http}/v1/track", json=bad_event, auth=aiohttp.BasicAuth(stack.write_key, "")
+        ) as response:
+            assert response.status == 400
+            assert "unknown purpose 'ads'" in (await response.json())["message"]
