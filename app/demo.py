@@ -48,7 +48,7 @@ async def run(*, rate: float, users: int, bad_share: float) -> None:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
-            print("\nstopping: worker, broker and Redis are shut down; nothing is left running.", flush=True)
+            print("\nstopping: worker, gateway, broker and Redis are shut down; nothing is left running.", flush=True)
 
 
 def _live(events: Iterator[dict[str, Any] | bytes]) -> Iterator[dict[str, Any] | bytes]:

@@ -1,8 +1,8 @@
-"""Write table values with one changelog record batch per partition instead of one send per key.
+"""Write table values straight into the producer's record batches instead of through ``Table.__setitem__``.
 
 ``Table.__setitem__`` costs 50-140 µs per write (it wraps each changelog record in Faust's send buffer); appending
-the same records to one aiokafka batch per partition costs about 10 µs. The values are the same bytes Faust would
-write, so table recovery reads them unchanged.
+the same record to aiokafka's open batch for the partition costs a few µs. The values are the same bytes Faust
+would write, so table recovery reads them unchanged.
 
 Consistency with Faust's recovery: Faust only knows the changelog offsets it wrote or read itself. After a rebalance
 that keeps a partition here, it would re-read everything written since its last recovery and apply it over the live
@@ -19,6 +19,7 @@ the idempotent fold (:func:`tables.profile.record_steps`) skips what the changel
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -51,37 +52,32 @@ class BulkTableWriter:
         self._pending[partition].append((self._encode_key(key), self._encode_value(value)))
 
     async def flush(self) -> None:
-        """Queue the pending changelog records in the producer, one record batch per partition."""
+        """Queue the pending changelog records in the producer's open batch of each partition.
+
+        ``producer.send`` appends to the batch the producer is filling (it waits only when its buffer is full);
+        ``send_batch`` would wait for the partition's previous batch to leave first -- a linger per record, measured
+        as 76% of the agent's time at 2,000 records/s.
+        """
         if not self._pending:
             return
         producer = self._table.app.producer._ensure_producer()  # type: ignore[attr-defined]
         topic = self._table.changelog_topic.get_topic_name()
         pending, self._pending = self._pending, defaultdict(list)
         for partition, records in pending.items():
-            batch = producer.create_batch()
+            delivery = None
             for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    await self._send(producer, batch, topic, partition)
-                    batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise ValueError(f"table value of {len(value)} bytes does not fit a producer batch")
-            await self._send(producer, batch, topic, partition)
+                delivery = await producer.send(topic, value, key=key, partition=partition)
+            if delivery is not None:
+                delivery.add_done_callback(functools.partial(self._delivered, tp=TP(topic, partition)))
 
-    async def _send(self, producer: Any, batch: Any, topic: str, partition: int) -> None:
-        count = batch.record_count()
-        if count == 0:
-            return
-        delivery = await producer.send_batch(batch, topic, partition=partition)
-        delivery.add_done_callback(lambda done: self._delivered(done, TP(topic, partition), count))
-
-    def _delivered(self, delivery: asyncio.Future[Any], tp: TP, count: int) -> None:
-        """Tell Faust's recovery our records up to this batch's last offset are already in the table."""
+    def _delivered(self, delivery: asyncio.Future[Any], *, tp: TP) -> None:
+        """Tell Faust's recovery our records up to this flush's last offset are already in the table."""
         if delivery.cancelled() or delivery.exception() is not None:
             return
         recovery = self._table.app.tables.recovery  # type: ignore[attr-defined]
         if tp not in recovery.active_tps:
             return  # revoked meanwhile: the next owner reads everything
-        last = delivery.result().offset + count - 1
+        last = delivery.result().offset
         current = recovery.active_offsets.get(tp)
         if current is None or last > current:
             recovery.active_offsets[tp] = last
