@@ -24,6 +24,7 @@ from app.read_model import ReadModel
 from app.records import split_record
 from app.rules import Rules
 from app.stats import ingest_stats
+from tables.aliases import alias_writer, aliases
 from tables.insights import insight_writer, insights
 from tables.messages import message_writer, messages
 from tables.models import model_snapshots
@@ -53,6 +54,9 @@ pipeline = Pipeline(
     insights=insights,
     insight_writer=insight_writer,
     model_snapshots=model_snapshots,
+    aliases=aliases,
+    alias_writer=alias_writer,
+    secret=settings.secret.encode(),
     learning=Learning(kind=settings.intent_model, secret=settings.secret.encode()),  # type: ignore[arg-type]
     rules=rules,
     read_model=read_model,
@@ -95,8 +99,10 @@ async def read_directly(topic: str, partition: int, start: int, end: int) -> int
 
 
 async def _process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
-    plan = split_record(value, partition=partition, partitions=settings.partitions, now_ms=int(time.time() * 1000))
-    folded = await pipeline.process(plan.by_user, partition=partition, offset=offset)
+    now_ms = int(time.time() * 1000)
+    secret = settings.secret.encode()
+    plan = split_record(value, partition=partition, partitions=settings.partitions, now_ms=now_ms, secret=secret)
+    folded = await pipeline.process(plan.by_user, partition=partition, offset=offset, merges=plan.merges)
     await pipeline.flush()
     for reject in plan.rejects:
         await dlq_topic.send(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, cast
+from urllib.parse import quote
 
 import orjson
 from faust.tables.manager import TableManager
@@ -26,6 +27,7 @@ from app.stats import ingest_stats
 from models.consent import consent_event, parse_preferences
 from models.insight import Insight
 from models.partition import summarize
+from tables.aliases import aliases
 from tables.insights import insights
 from tables.messages import messages
 from tables.profile_view import profile_view
@@ -54,7 +56,12 @@ def requires_api_key(handler: Handler) -> Handler:
 @requires_api_key
 @app.table_route(table=profiles, match_info="user_id")
 async def get_profile(view: View, request: Request, user_id: str) -> Response:
+    """The user's live profile; for an anonymous id merged into a user, a redirect to that user's profile."""
     profile = profiles.data.get(user_id)
+    canonical = aliases.data.get(user_id)
+    if profile is None and canonical is not None:
+        location = f"/v1/users/{quote(canonical, safe='')}/profile"
+        return view.json({"user_id": canonical, "alias": user_id}, status=307, headers={"Location": location})
     if profile is None:
         return view.json({"error": f"no profile for user {user_id!r}"}, status=404)
     return view.json(profile_view(profile, now_ms=int(time.time() * 1000)))

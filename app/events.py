@@ -38,8 +38,10 @@ class InvalidEvent(ValueError):
 class Event:
     """One validated behaviour event, as the profile fold sees it.
 
-    ``user_id`` is the id the event is keyed by: ``userId`` if present, else ``anonymousId``.
-    ``name`` is the track event name, or ``"Page Viewed"``, ``"Identify"``... for the other types.
+    ``user_id`` is the id the event is keyed by (:func:`user_key`). ``name`` is the track event name, or
+    ``"Page Viewed"``, ``"Identify"``... for the other types. Identity links (:mod:`app.identity`):
+    ``anonymous_id`` is the ``anonymousId`` of an event keyed by its ``userId``, and ``alias_to`` the ``userId``
+    of an ``alias`` event (keyed by its ``previousId``).
     """
 
     type: str
@@ -49,6 +51,8 @@ class Event:
     timestamp_ms: int
     properties: Mapping[str, Any]
     context: Mapping[str, Any]
+    anonymous_id: str | None = None
+    alias_to: str | None = None
 
     @property
     def session_id(self) -> str | None:
@@ -89,8 +93,12 @@ def validate(raw: object, *, now_ms: int, default_type: str | None = None) -> tu
             raise InvalidEvent("a track event needs an event name (string)")
         if len(name) > MAX_NAME_LENGTH:
             raise InvalidEvent(f"event name longer than {MAX_NAME_LENGTH} characters")
-    if type_ == "alias" and _optional_id(event, "previousId") is None:
-        raise InvalidEvent("an alias event needs previousId (string)")
+    if type_ == "alias":
+        previous_id = _optional_id(event, "previousId")
+        if previous_id is None or user_id is None:
+            raise InvalidEvent("an alias event needs previousId and userId (strings)")
+        if previous_id == user_id:
+            raise InvalidEvent("an alias event's previousId and userId must differ")
     for field in _OBJECT_FIELDS:
         value = event.get(field)
         if value is not None and not isinstance(value, dict):
@@ -149,7 +157,16 @@ def event_from(event: Mapping[str, Any], timestamp_ms: int) -> Event:
         timestamp_ms=timestamp_ms,
         properties=event.get("properties") or {},
         context=event.get("context") or {},
+        anonymous_id=_linked_anonymous_id(event) if type_ != "alias" else None,
+        alias_to=event.get("userId") if type_ == "alias" else None,
     )
+
+
+def _linked_anonymous_id(event: Mapping[str, Any]) -> str | None:
+    anonymous_id = event.get("anonymousId")
+    if event.get("userId") and anonymous_id and anonymous_id != event["userId"]:
+        return str(anonymous_id)
+    return None
 
 
 def decode_record(value: bytes | None) -> list[object]:
@@ -186,7 +203,10 @@ def encode_batch(events: list[bytes]) -> bytes:
 
 
 def user_key(event: Mapping[str, Any]) -> str:
-    """The id a normalised event is keyed by: ``userId``, else ``anonymousId``."""
+    """The id a normalised event is keyed by: ``userId``, else ``anonymousId``; an ``alias`` by its ``previousId``,
+    the identity it retires, whose partition holds the state to hand over (see :mod:`app.identity`)."""
+    if event.get("type") == "alias":
+        return str(event["previousId"])
     return event.get("userId") or event["anonymousId"]
 
 

@@ -20,17 +20,19 @@ import orjson
 from faust.types import TP, TopicT
 from faust.types.tables import TableT
 
+from app.codecs import decode_insight, encode_insight, encode_profile
 from app.deadlines import Deadlines, PartitionClocks
 from app.events import Event, iso_from_ms
+from app.identity import Merge, alias_event, merge_record
 from app.learning import Learning
 from app.partitioning import partition_for
 from app.read_model import ReadModel
 from app.rules import Rules
-from models.insight import Effect, Insight, SegmentChange, on_clock, on_event
+from models.insight import Effect, Insight, SegmentChange, merge_insights, on_clock, on_event
 from models.partition import PartitionModels
 from models.triggers import Decision
 from tables.changelog import BulkTableWriter
-from tables.profile import record_steps
+from tables.profile import Profile, Step, merge_profiles, record_steps
 
 log = logging.getLogger(__name__)
 #: Decision records kept per user in the ``messages`` table for the API; the topic keeps them all (by retention).
@@ -52,6 +54,9 @@ class Pipeline:
         insights: TableT,
         insight_writer: BulkTableWriter,
         model_snapshots: TableT,
+        aliases: TableT,
+        alias_writer: BulkTableWriter,
+        secret: bytes,
         messages: TableT,
         message_writer: BulkTableWriter,
         learning: Learning,
@@ -72,6 +77,10 @@ class Pipeline:
         self.insights = insights
         self.insight_writer = insight_writer
         self.model_snapshots = model_snapshots
+        self.aliases = aliases
+        self.alias_writer = alias_writer
+        self.secret = secret
+        self._pending_hand_overs: list[tuple[str, Event]] = []
         self.learning = learning
         self.rules = rules
         self.read_model = read_model
@@ -140,15 +149,28 @@ class Pipeline:
 
     # -- events and clock --------------------------------------------------------------------------------------------
 
-    async def process(self, by_user: dict[str, list[Event]], *, partition: int, offset: int) -> int:
-        """Fold, score and segment each user's events from one record; returns how many events were folded."""
+    async def process(
+        self, by_user: dict[str, list[Event]], *, partition: int, offset: int, merges: Iterable[Merge] = ()
+    ) -> int:
+        """Fold, score and segment each user's events from one record; returns how many events were folded.
+
+        Identity (:mod:`app.identity`): merges are folded first; the events of an id merged into another user are
+        forwarded to that user; an ``alias`` event hands this id's state over; an event that names an anonymous id
+        not merged yet asks that id's partition for its state.
+        """
         self.sync_assignment()
         models = self.models_for(partition)
         rules = self.rules.current()
         changes: list[SegmentChange] = []
         decisions: list[Decision] = []
+        outgoing: list[tuple[str, bytes]] = []
+        for merge in merges:
+            self._merge(merge, partition)
         folded = 0
-        for user_id, events in by_user.items():
+        for user_id, all_events in by_user.items():
+            events = self._identity(user_id, all_events, partition, outgoing)
+            if not events:
+                continue
             profile = self.profiles.data.get(user_id)
             consent = rules.default_consent
             steps = record_steps(profile, user_id, events, partition=partition, offset=offset, default_consent=consent)
@@ -174,9 +196,78 @@ class Pipeline:
                 self.clocks.observe(partition, step.event.timestamp_ms)
             assert insight is not None
             self._store(user_id, before, insight, partition)
+            outgoing += self._links(steps[-1].after, steps)
+        hand_overs, self._pending_hand_overs = self._pending_hand_overs, []
+        for user_id, alias in hand_overs:
+            self._hand_over(user_id, alias, partition, outgoing)
         self._fire_due(partition, changes, decisions)
         await self._emit(changes, decisions, partition)
+        for key, value in outgoing:
+            await self.events_topic.send(key=key.encode(), value=value)
         return folded
+
+    # -- identity ----------------------------------------------------------------------------------------------------
+
+    def _identity(self, user_id: str, events: list[Event], partition: int, out: list[tuple[str, bytes]]) -> list[Event]:
+        """The events to fold for ``user_id``: those before its first ``alias`` event, unless it was merged already.
+
+        The ``alias`` event itself (handed over after the fold, see :meth:`_hand_over`) and the events after it are
+        forwarded to the user it names.
+        """
+        canonical = self.aliases.data.get(user_id)
+        cut = next((i for i, e in enumerate(events) if e.alias_to is not None), None)
+        if canonical is None and cut is None:
+            return events
+        if canonical is None:
+            assert cut is not None
+            self._pending_hand_overs.append((user_id, events[cut]))
+            canonical, keep, rest = events[cut].alias_to, events[:cut], events[cut + 1 :]
+        else:
+            keep, rest = [], events
+        assert canonical is not None
+        out.extend((canonical, _forwarded(event, canonical)) for event in rest if event.alias_to is None)
+        return keep
+
+    def _links(self, profile: Profile, steps: list[Step]) -> list[tuple[str, bytes]]:
+        """Alias events for the anonymous ids this user's events named that are not merged into it yet."""
+        stamp = iso_from_ms(steps[-1].event.timestamp_ms)
+        named = dict.fromkeys(s.event.anonymous_id for s in steps if s.event.anonymous_id)
+        return [
+            (anonymous_id, orjson.dumps(alias_event(anonymous_id, profile.user_id, timestamp=stamp)))
+            for anonymous_id in named
+            if anonymous_id is not None and anonymous_id not in profile.aliases
+        ]
+
+    def _hand_over(self, user_id: str, alias: Event, partition: int, out: list[tuple[str, bytes]]) -> None:
+        """``user_id`` is now ``alias.alias_to``: ship its profile and insight there and forget them here."""
+        canonical = alias.alias_to
+        assert canonical is not None
+        profile, insight = self.profiles.data.get(user_id), self.insights.data.get(user_id)
+        merge = Merge(
+            user_id,
+            canonical,
+            orjson.loads(encode_profile(profile)) if profile is not None else None,
+            encode_insight(insight).decode() if insight is not None else None,
+        )
+        out.append((canonical, merge_record(merge, self.secret)))
+        self.alias_writer.put(user_id, canonical, partition=partition)
+        self.profile_writer.delete(user_id, partition=partition)
+        self.insight_writer.delete(user_id, partition=partition)
+        self.deadlines.schedule(partition, user_id, None)
+        log.info("identity: %s merged into %s (profile %s)", user_id, canonical, "sent" if profile else "none")
+
+    def _merge(self, merge: Merge, partition: int) -> None:
+        profile = self.profiles.data.get(merge.into_id)
+        if profile is not None and merge.from_id in profile.aliases:
+            return  # applied already (a redelivered record)
+        other = Profile.from_dict(merge.profile) if merge.profile else Profile(user_id=merge.from_id)
+        merged = merge_profiles(profile, other, user_id=merge.into_id)
+        self.profile_writer.put(merge.into_id, merged, partition=partition)
+        if merge.insight is not None:
+            before = self.insights.data.get(merge.into_id)
+            self._store(
+                merge.into_id, before, merge_insights(before, decode_insight(merge.insight.encode())), partition
+            )
 
     def _count_anonymously(self, event_name: str) -> None:
         """An event of a user without ``analytics`` consent: only a count per event name, with no user attached."""
@@ -211,6 +302,7 @@ class Pipeline:
 
     async def flush(self) -> None:
         """Queue the table writes of everything processed so far (call before the record counts as processed)."""
+        await self.alias_writer.flush()
         await self.profile_writer.flush()
         await self.insight_writer.flush()
         await self.message_writer.flush()
@@ -247,6 +339,22 @@ class Pipeline:
             await self.messages_topic.send(key=decision.user_id.encode(), value=orjson.dumps(record))
             outcome = decision.reason or "sent"
             self.decisions[outcome] = self.decisions.get(outcome, 0) + 1
+
+
+def _forwarded(event: Event, user_id: str) -> bytes:
+    """``event`` of an id merged into ``user_id``, as ``user_id``'s event (same messageId: a repeat is skipped)."""
+    forwarded: dict[str, Any] = {
+        "type": event.type,
+        "userId": user_id,
+        "anonymousId": event.user_id,
+        "messageId": event.message_id,
+        "timestamp": iso_from_ms(event.timestamp_ms),
+        "properties": dict(event.properties),
+        "context": dict(event.context),
+    }
+    if event.type == "track":
+        forwarded["event"] = event.name
+    return orjson.dumps(forwarded)
 
 
 def decision_record(decision: Decision) -> dict[str, object]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from app.events import Event, InvalidEvent, decode_record, encode_event, event_from, validate
+from app.identity import Merge, is_merge, read_merge
 from app.partitioning import partition_for
 
 
@@ -29,14 +30,19 @@ class RecordPlan:
     by_user: dict[str, list[Event]] = field(default_factory=dict)
     misrouted: list[tuple[str, bytes]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    #: Anonymous profiles handed over to a user of this partition (signed by a worker: see app.identity).
+    merges: list[Merge] = field(default_factory=list)
 
     @property
     def accepted(self) -> int:
         return sum(map(len, self.by_user.values()))
 
 
-def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms: int) -> RecordPlan:
-    """Validate the events in ``value`` (read from ``partition``) and sort them; never raises on bad input."""
+def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms: int, secret: bytes) -> RecordPlan:
+    """Validate the events in ``value`` (read from ``partition``) and sort them; never raises on bad input.
+
+    ``secret`` checks merge records (:mod:`app.identity`), which only workers may write.
+    """
     plan = RecordPlan()
     try:
         items = decode_record(value)
@@ -46,6 +52,10 @@ def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms
     assert value is not None  # decode_record refuses a missing value
     for item in items:
         try:
+            if is_merge(item):
+                assert isinstance(item, dict)
+                plan.merges.append(read_merge(item, secret))
+                continue
             normalised, timestamp_ms = validate(item, now_ms=now_ms)
             event = event_from(normalised, timestamp_ms)
             if partition_for(event.user_id, partitions) != partition:

@@ -165,6 +165,26 @@ def _impersonal(insight: Insight, profile: Profile, now: int, cause: str, rules:
     return _segments_and_triggers(forgotten, profile, now, cause, rules, [], personal=False)
 
 
+def merge_insights(into: Insight | None, other: Insight) -> Insight:
+    """An anonymous visitor's insight folded into the known user's: the newer score, both users' pending samples.
+
+    Segments, cluster and trigger state stay the known user's (the next event or tick re-evaluates them); a user
+    seen for the first time takes the visitor's insight whole.
+    """
+    if into is None:
+        return other
+    newer = other if other.as_of_ms > into.as_of_ms else into
+    pending = tuple(sorted((*into.pending, *other.pending), key=lambda s: s.timestamp_ms))[-labels.MAX_PENDING :]
+    return replace(
+        into,
+        intent=newer.intent if newer.intent is not None else into.intent,
+        model_version=newer.model_version if newer.intent is not None else into.model_version,
+        as_of_ms=max(into.as_of_ms, other.as_of_ms),
+        cluster=into.cluster if into.cluster is not None else other.cluster,
+        pending=pending,
+    )
+
+
 def has_cart_this_session(profile: Profile) -> float:
     """The heuristic baseline: 1 if the cart holds something changed during the current session."""
     session = profile.session

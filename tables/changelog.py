@@ -44,12 +44,17 @@ class BulkTableWriter:
         self._table = table
         self._encode_key = encode_key
         self._encode_value = encode_value
-        self._pending: defaultdict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+        self._pending: defaultdict[int, list[tuple[bytes, bytes | None]]] = defaultdict(list)
 
     def put(self, key: Any, value: Any, *, partition: int) -> None:
         """Store ``value`` under ``key`` now (reads see it at once); its changelog record waits for :meth:`flush`."""
         self._table.data[key] = value
         self._pending[partition].append((self._encode_key(key), self._encode_value(value)))
+
+    def delete(self, key: Any, *, partition: int) -> None:
+        """Remove ``key`` now; its changelog gets a tombstone (a record with no value) at :meth:`flush`."""
+        self._table.data.pop(key, None)
+        self._pending[partition].append((self._encode_key(key), None))
 
     async def flush(self) -> None:
         """Queue the pending changelog records in the producer's open batch of each partition.

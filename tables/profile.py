@@ -27,6 +27,7 @@ MAX_RECENT_ITEMS = 20
 MAX_SEEN_IDS = 64
 MAX_CONSENT_PURPOSES = 32
 MAX_NAME_LENGTH = 200
+MAX_ALIASES = 32
 OTHER = "(other)"
 
 #: How much each kind of interaction adds to the affinity of the product's category.
@@ -78,6 +79,8 @@ class Profile:
     source_partition: int = -1
     source_offset: int = -1
     seen_ids: tuple[int, ...] = ()
+    #: Anonymous ids linked to this user: merged into it, or asked to merge (see :mod:`app.identity`).
+    aliases: tuple[str, ...] = ()
 
     @property
     def cart_value(self) -> float:
@@ -98,6 +101,7 @@ class Profile:
                 "cart": {pid: CartItem(**item) for pid, item in data.get("cart", {}).items()},
                 "recent_items": tuple(data.get("recent_items", ())),
                 "seen_ids": tuple(data.get("seen_ids", ())),
+                "aliases": tuple(data.get("aliases", ())),
             }
         )
 
@@ -205,6 +209,56 @@ def fold(profile: Profile, event: Event) -> Profile:
     if stated:
         changes["consent"] = _merge_consent(profile.consent, stated)
     return replace(profile, **changes)
+
+
+def merge_profiles(into: Profile | None, other: Profile, *, user_id: str | None = None) -> Profile:
+    """``other`` (an anonymous visitor's profile) folded into ``into`` (the known user's, or a new one for
+    ``user_id``): counts, sessions, orders and cart add up, times span both, a consent refusal on either side stands.
+
+    The result keeps ``into``'s stream position and seen messageIds, and lists ``other`` among its aliases.
+    """
+    base = into or Profile(user_id=user_id or other.user_id)
+    counts = dict(base.event_counts)
+    for name, count in other.event_counts.items():
+        if name in counts or len(counts) < MAX_EVENT_NAMES:
+            counts[name] = counts.get(name, 0) + count
+    cart = dict(base.cart)
+    for product_id, item in other.cart.items():
+        held = cart.get(product_id)
+        if held is not None:
+            cart[product_id] = replace(held, quantity=held.quantity + item.quantity, name=held.name or item.name)
+        elif len(cart) < MAX_CART_ITEMS:
+            cart[product_id] = item
+    as_of = max(base.affinity_as_of_ms, other.affinity_as_of_ms)
+    affinity = {c: s * _decay(as_of - base.affinity_as_of_ms) for c, s in base.affinity.items()}
+    for category, score in other.affinity.items():
+        if category in affinity or len(affinity) < MAX_CATEGORIES:
+            affinity[category] = affinity.get(category, 0.0) + score * _decay(as_of - other.affinity_as_of_ms)
+    newer, older = (other, base) if other.last_seen_ms > base.last_seen_ms else (base, other)
+    recent = tuple(dict.fromkeys((*newer.recent_items, *older.recent_items)))[:MAX_RECENT_ITEMS]
+    consent = {p: base.consent.get(p, True) and other.consent.get(p, True) for p in {*base.consent, *other.consent}}
+    firsts = [t for t in (base.first_seen_ms, other.first_seen_ms) if t]
+    last_orders = [t for t in (base.last_order_ms, other.last_order_ms) if t is not None]
+    cart_changes = [t for t in (base.cart_changed_ms, other.cart_changed_ms) if t is not None]
+    aliases = tuple(dict.fromkeys((*base.aliases, other.user_id, *other.aliases)))
+    return replace(
+        base,
+        first_seen_ms=min(firsts) if firsts else 0,
+        last_seen_ms=max(base.last_seen_ms, other.last_seen_ms),
+        event_counts=counts,
+        sessions=base.sessions + other.sessions,
+        session=newer.session or older.session,
+        cart=cart,
+        cart_changed_ms=max(cart_changes) if cart_changes else None,
+        orders=base.orders + other.orders,
+        revenue=round(base.revenue + other.revenue, 2),
+        last_order_ms=max(last_orders) if last_orders else None,
+        affinity=affinity,
+        affinity_as_of_ms=as_of,
+        recent_items=recent,
+        consent=consent,
+        aliases=aliases[-MAX_ALIASES:],
+    )
 
 
 def message_hash(message_id: str) -> int:

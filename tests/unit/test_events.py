@@ -156,7 +156,9 @@ def test_track_with_overlong_event_name_is_refused() -> None:
 
 
 def test_alias_without_previous_id_is_refused() -> None:
-    assert refused({"type": "alias", "userId": "user-1"}) == "an alias event needs previousId (string)"
+    assert refused({"type": "alias", "userId": "user-1"}) == "an alias event needs previousId and userId (strings)"
+    same = {"type": "alias", "userId": "user-1", "previousId": "user-1"}
+    assert refused(same) == "an alias event's previousId and userId must differ"
     assert (
         refused({"type": "alias", "userId": "user-1", "previousId": 7}) == "previousId must be a string, not a number"
     )

@@ -12,6 +12,7 @@ from app.partitioning import partition_for
 from app.records import split_record
 
 PARTITIONS = 8
+SECRET = b"s" * 32
 HERE = 3
 NOW_MS = 1_772_366_400_000  # 2026-03-01T12:00:00Z
 
@@ -46,7 +47,7 @@ def test_helper_picks_users_of_the_requested_partition() -> None:
 def test_events_are_grouped_by_user_in_record_order() -> None:
     alice, bob = users_on(HERE, 2)
     value = batch(track(alice, "a1"), track(bob, "b1"), track(alice, "a2"), track(bob, "b2"), track(alice, "a3"))
-    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
     assert {user: [e.message_id for e in events] for user, events in plan.by_user.items()} == {
         alice: ["a1", "a2", "a3"],
         bob: ["b1", "b2"],
@@ -58,7 +59,9 @@ def test_events_are_grouped_by_user_in_record_order() -> None:
 
 def test_single_event_record_is_accepted() -> None:
     (alice,) = users_on(HERE, 1)
-    plan = split_record(orjson.dumps(track(alice, "a1")), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(
+        orjson.dumps(track(alice, "a1")), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET
+    )
     assert [e.message_id for e in plan.by_user[alice]] == ["a1"]
     assert plan.by_user[alice][0].user_id == alice
 
@@ -67,7 +70,7 @@ def test_events_of_users_on_another_partition_are_misrouted() -> None:
     (local,) = users_on(HERE, 1)
     stranger, other = users_on(HERE + 1, 2)
     events = [track(stranger, "s1"), track(local, "l1"), track(other, "o1"), track(stranger, "s2")]
-    plan = split_record(batch(*events), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(batch(*events), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
     assert list(plan.by_user) == [local]
     # Forwarded in normalised form, so a second forward after a crash carries the same messageId.
     assert [(user, orjson.loads(data)) for user, data in plan.misrouted] == [
@@ -82,11 +85,15 @@ def test_forwarded_events_without_id_or_timestamp_keep_one_identity() -> None:
     """A misrouted event is forwarded with its derived messageId and timestamp fixed, not re-derived later."""
     (stranger,) = users_on(HERE + 1, 1)
     bare = {"type": "track", "event": "Product Viewed", "userId": stranger}
-    first = split_record(orjson.dumps(bare), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
-    again = split_record(orjson.dumps(bare), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS + 5_000)
+    first = split_record(orjson.dumps(bare), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
+    again = split_record(
+        orjson.dumps(bare), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS + 5_000, secret=SECRET
+    )
     forwarded, forwarded_again = orjson.loads(first.misrouted[0][1]), orjson.loads(again.misrouted[0][1])
     assert forwarded["messageId"].startswith("auto-")
-    replayed = split_record(first.misrouted[0][1], partition=HERE + 1, partitions=PARTITIONS, now_ms=NOW_MS + 9_000)
+    replayed = split_record(
+        first.misrouted[0][1], partition=HERE + 1, partitions=PARTITIONS, now_ms=NOW_MS + 9_000, secret=SECRET
+    )
     assert replayed.by_user[stranger][0].message_id == forwarded["messageId"]
     assert forwarded_again["messageId"] != forwarded["messageId"]  # a genuinely new event, received later
 
@@ -96,13 +103,15 @@ def test_deeply_nested_events_are_rejected_with_a_reason_not_raised() -> None:
     (local,) = users_on(HERE, 1)
     deep = b'{"a":' * 300 + b"{}" + b"}" * 300
     raw = b'{"type":"track","event":"E","userId":"' + local.encode() + b'","properties":' + deep + b"}"
-    plan = split_record(raw, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(raw, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
     assert plan.by_user == {}
     assert [r.original for r in plan.rejects] == [raw]
     assert "cannot be encoded as JSON" in plan.rejects[0].reason
     (stranger,) = users_on(HERE + 1, 1)
     with_id = raw.replace(local.encode(), stranger.encode()).replace(b'"event":"E"', b'"event":"E","messageId":"m"')
-    plan = split_record(b'{"batch":[' + with_id + b"]}", partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(
+        b'{"batch":[' + with_id + b"]}", partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET
+    )
     assert plan.misrouted == [] and len(plan.rejects) == 1
 
 
@@ -110,7 +119,7 @@ def test_misrouted_events_are_keyed_by_user_id_over_anonymous_id() -> None:
     (stranger,) = users_on(HERE + 1, 1)
     (local,) = users_on(HERE, 1)
     event = track(stranger, "s1", anonymousId=local)
-    plan = split_record(batch(event), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(batch(event), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
     assert [user for user, _ in plan.misrouted] == [stranger]
     assert plan.by_user == {}
 
@@ -120,7 +129,11 @@ def test_a_bad_event_in_a_batch_is_rejected_alone_with_its_own_bytes() -> None:
     bad = {"type": "track", "event": "Product Viewed", "messageId": "x1"}  # no user id
     worse = {"type": "track", "userId": bob, "messageId": "x2"}  # no event name
     plan = split_record(
-        batch(track(alice, "a1"), bad, track(bob, "b1"), worse), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS
+        batch(track(alice, "a1"), bad, track(bob, "b1"), worse),
+        partition=HERE,
+        partitions=PARTITIONS,
+        now_ms=NOW_MS,
+        secret=SECRET,
     )
     assert {user: [e.message_id for e in events] for user, events in plan.by_user.items()} == {
         alice: ["a1"],
@@ -134,14 +147,16 @@ def test_a_bad_event_in_a_batch_is_rejected_alone_with_its_own_bytes() -> None:
 
 def test_a_non_object_in_a_batch_is_rejected_alone() -> None:
     (alice,) = users_on(HERE, 1)
-    plan = split_record(batch(track(alice, "a1"), 42), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(
+        batch(track(alice, "a1"), 42), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET
+    )
     assert plan.accepted == 1
     assert [(r.reason, r.original) for r in plan.rejects] == [("an event must be a JSON object, not a number", b"42")]
 
 
 def test_a_record_that_is_not_json_is_rejected_whole_with_its_bytes() -> None:
     value = b'{"batch": [oops'
-    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
     assert plan.accepted == 0 and plan.misrouted == []
     (reject,) = plan.rejects
     assert reject.original == value
@@ -150,23 +165,39 @@ def test_a_record_that_is_not_json_is_rejected_whole_with_its_bytes() -> None:
 
 def test_a_batch_that_is_not_an_array_is_rejected_whole_with_its_bytes() -> None:
     value = b'{"batch": "nope"}'
-    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
     assert [(r.reason, r.original) for r in plan.rejects] == [("batch must be an array, not a string", value)]
 
 
 def test_a_record_without_value_is_rejected_with_empty_bytes() -> None:
-    plan = split_record(None, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(None, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
     assert [(r.reason, r.original) for r in plan.rejects] == [("record has no value", b"")]
 
 
 def test_a_single_bad_event_record_keeps_the_record_bytes_exactly() -> None:
     """The dead letter holds what the producer sent, byte for byte, not a re-encoding of it."""
     value = b'{ "type": "track",  "event": "Product Viewed", "messageId": "x1" }\n'
-    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
     assert [(r.reason, r.original) for r in plan.rejects] == [("userId or anonymousId is required", value)]
     assert plan.accepted == 0
 
 
 def test_an_empty_batch_yields_nothing() -> None:
-    plan = split_record(batch(), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS)
+    plan = split_record(batch(), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
     assert (plan.by_user, plan.misrouted, plan.rejects) == ({}, [], [])
+
+
+def test_a_signed_merge_record_is_taken_and_a_forged_one_dead_lettered() -> None:
+    from app.identity import Merge, merge_record
+
+    [user] = users_on(HERE, 1)
+    merge = Merge("anon-9", user, None, None)
+    plan = split_record(
+        merge_record(merge, SECRET), partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET
+    )
+    assert plan.merges == [merge] and not plan.rejects
+    forged = merge_record(merge, b"not-the-secret-of-this-deployment")
+    plan = split_record(forged, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
+    assert plan.merges == [] and [r.reason for r in plan.rejects] == [
+        "merge record: bad signature (merge records come from Nudge workers only)"
+    ]

@@ -1,0 +1,64 @@
+"""Identity resolution on a running stack: an anonymous shopper logs in and keeps their cart and intent score, even
+though the anonymous and the known id live on different partitions; later anonymous events land on the known user."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.devstack import DevStack
+from app.partitioning import partition_for
+from tests.integration.conftest import get_json, wait_for
+from tests.integration.test_intelligence import decision, track
+
+
+def two_ids_on_different_partitions(partitions: int) -> tuple[str, str]:
+    user = "user-identity"
+    anonymous = next(
+        f"anon-{n}" for n in range(100) if partition_for(f"anon-{n}", partitions) != partition_for(user, partitions)
+    )
+    return anonymous, user
+
+
+async def profile(stack: DevStack, user: str) -> tuple[int, Any]:
+    return await get_json(f"{stack.http}/v1/users/{user}/profile", api_key=stack.api_key)
+
+
+async def test_an_anonymous_shopper_who_logs_in_keeps_their_cart_and_intent_score(stack: DevStack) -> None:
+    anonymous, user = two_ids_on_different_partitions(stack.partitions)
+    boots = {"product_id": "boots", "name": "Hiking boots", "price": 80.0, "category": "shoes"}
+    await track(
+        stack,
+        {"anonymousId": anonymous, "event": "Product Viewed", "properties": boots},
+        {"anonymousId": anonymous, "event": "Product Added", "properties": boots},
+    )
+
+    async def scored() -> bool:
+        return (await decision(stack, anonymous))["intent"] is not None
+
+    await wait_for(scored, timeout=20, what="the anonymous shopper's intent score")
+    intent = (await decision(stack, anonymous))["intent"]["score"]
+
+    # Login: the shop identifies the visitor (twice: a retry must not merge twice), then more anonymous events.
+    login = {"type": "identify", "userId": user, "anonymousId": anonymous, "traits": {"plan": "gold"}}
+    await track(stack, login)
+    await track(stack, {**login, "messageId": "login-retry"})
+    await track(stack, {"anonymousId": anonymous, "event": "Product Viewed", "properties": {"product_id": "socks"}})
+
+    async def merged() -> bool:
+        status, body = await profile(stack, user)
+        return status == 200 and body["event_counts"].get("Product Viewed") == 2
+
+    await wait_for(merged, timeout=30, what="the anonymous profile merged into the known one, then one more view")
+    _, known = await profile(stack, user)
+    assert known["user_id"] == user
+    assert [(i["product_id"], i["quantity"], i["name"]) for i in known["cart"]["items"]] == [
+        ("boots", 1, "Hiking boots")
+    ]
+    assert known["event_counts"] == {"Product Viewed": 2, "Product Added": 1, "Identify": 2}
+    assert known["recently_viewed"] == ["socks", "boots"]
+    assert (await decision(stack, user))["intent"]["score"] == intent  # no scored event since the merge
+
+    # The anonymous id answers with the canonical profile; it keeps nothing of its own.
+    status, via_alias = await profile(stack, anonymous)
+    assert status == 200 and via_alias["user_id"] == user and via_alias["cart"] == known["cart"]
+    assert (await decision(stack, anonymous))["known"] is False

@@ -1,0 +1,101 @@
+"""Identity resolution's pure parts: merging an anonymous profile into a known one, and the signed merge record."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from app.codecs import decode_profile, encode_profile
+from app.events import InvalidEvent, to_event
+from app.identity import Merge, alias_event, is_merge, merge_record, read_merge
+from models.insight import Insight, merge_insights
+from tables.profile import CartItem, Profile, merge_profiles
+
+SECRET = b"k" * 32
+T0 = 1_772_366_400_000
+HOUR = 3_600_000
+
+
+def anonymous() -> Profile:
+    return Profile(
+        user_id="anon-1",
+        first_seen_ms=T0,
+        last_seen_ms=T0 + HOUR,
+        event_counts={"Product Viewed": 3, "Product Added": 1},
+        sessions=1,
+        cart={"p1": CartItem("p1", 1, 20.0, "shoes", "Red shoes")},
+        cart_changed_ms=T0 + HOUR,
+        affinity={"shoes": 4.0},
+        affinity_as_of_ms=T0 + HOUR,
+        recent_items=("p1", "p2"),
+        consent={"marketing": False},
+    )
+
+
+def known() -> Profile:
+    return Profile(
+        user_id="user-1",
+        first_seen_ms=T0 - 10 * HOUR,
+        last_seen_ms=T0 - 9 * HOUR,
+        event_counts={"Product Viewed": 2, "Order Completed": 1},
+        sessions=2,
+        cart={"p1": CartItem("p1", 2, 20.0, "shoes"), "p3": CartItem("p3", 1, 5.0)},
+        orders=1,
+        revenue=50.0,
+        last_order_ms=T0 - 9 * HOUR,
+        recent_items=("p3",),
+        consent={"marketing": True, "analytics": True},
+        source_partition=3,
+        source_offset=77,
+    )
+
+
+def test_an_anonymous_profile_merges_into_the_known_one_adding_up_what_both_did() -> None:
+    merged = merge_profiles(known(), anonymous())
+    assert merged.user_id == "user-1"
+    assert merged.event_counts == {"Product Viewed": 5, "Order Completed": 1, "Product Added": 1}
+    assert (merged.first_seen_ms, merged.last_seen_ms, merged.sessions) == (T0 - 10 * HOUR, T0 + HOUR, 3)
+    assert merged.cart == {"p1": CartItem("p1", 3, 20.0, "shoes", "Red shoes"), "p3": CartItem("p3", 1, 5.0)}
+    assert (merged.orders, merged.revenue, merged.cart_changed_ms) == (1, 50.0, T0 + HOUR)
+    assert merged.recent_items == ("p1", "p2", "p3")  # the more recent visitor's views first
+    assert merged.consent == {"marketing": False, "analytics": True}  # a refusal on either side stands
+    assert (merged.source_partition, merged.source_offset) == (3, 77)  # the known user's stream position
+    assert merged.aliases == ("anon-1",)
+
+
+def test_a_merge_into_a_user_seen_for_the_first_time_keeps_everything_under_the_new_id() -> None:
+    merged = merge_profiles(None, anonymous(), user_id="user-1")
+    assert merged.user_id == "user-1" and merged.cart == anonymous().cart and merged.aliases == ("anon-1",)
+    assert decode_profile(encode_profile(merged)) == merged
+
+
+def test_the_intent_score_survives_the_merge() -> None:
+    visitor = Insight(intent=0.7, model_version="p1.v10", as_of_ms=T0 + HOUR, cluster=2)
+    assert merge_insights(None, visitor) == visitor
+    user = Insight(intent=0.1, model_version="p3.v5", as_of_ms=T0 - 9 * HOUR, cluster=1, segments=("buyer",))
+    merged = merge_insights(user, visitor)
+    assert (merged.intent, merged.model_version, merged.as_of_ms) == (0.7, "p1.v10", T0 + HOUR)
+    assert (merged.cluster, merged.segments) == (1, ("buyer",))
+
+
+def test_a_merge_record_is_signed_and_a_forged_one_is_refused() -> None:
+    merge = Merge("anon-1", "user-1", {"user_id": "anon-1"}, '{"intent":0.5}')
+    item = orjson.loads(merge_record(merge, SECRET))
+    assert is_merge(item) and read_merge(item, SECRET) == merge
+    with pytest.raises(InvalidEvent, match="bad signature"):
+        read_merge(item, b"x" * 32)
+    forged = {**item, "nudgeMerge": {**item["nudgeMerge"], "into": "attacker"}}
+    with pytest.raises(InvalidEvent, match="bad signature"):
+        read_merge(forged, SECRET)
+    with pytest.raises(InvalidEvent, match="expected nudgeMerge"):
+        read_merge({"nudgeMerge": "x"}, SECRET)
+
+
+def test_an_alias_event_is_routed_to_the_anonymous_id_and_links_to_the_user() -> None:
+    event = to_event(alias_event("anon-1", "user-1", timestamp="2026-03-01T12:00:00Z"), now_ms=T0)
+    assert (event.user_id, event.alias_to) == ("anon-1", "user-1")
+    identify = to_event(
+        {"type": "identify", "userId": "user-1", "anonymousId": "anon-1", "messageId": "m", "timestamp": "2026-03-01"},
+        now_ms=T0,
+    )
+    assert (identify.user_id, identify.anonymous_id, identify.alias_to) == ("user-1", "anon-1", None)
