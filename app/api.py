@@ -19,9 +19,10 @@ from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
 from agents.ingest import pipeline, read_model, rules
+from app.audit import audit_record, subject
 from app.collector import produce
 from app.events import iso_from_ms, normalise
-from app.main import app, settings
+from app.main import app, audit_topic, settings
 from app.partitioning import partition_for
 from app.stats import ingest_stats
 from models.consent import consent_event, parse_preferences
@@ -158,9 +159,40 @@ class Consent(View):
         except ValueError as error:
             return self.json({"error": str(error)}, status=400)
         await produce([normalised])
+        await _audit("consent", request, user_id, now_ms, categoryPreferences=preferences)
         return self.json(
             {"user_id": user_id, "categoryPreferences": preferences, "messageId": normalised["messageId"]}, status=202
         )
+
+
+@app.page("/v1/users/{user_id}/export")
+@requires_api_key
+@app.table_route(table=profiles, match_info="user_id")
+async def get_export(view: View, request: Request, user_id: str) -> Response:
+    """Everything Nudge holds about the user (GDPR Art. 15/20), as one JSON document; the request is audited."""
+    now_ms = int(time.time() * 1000)
+    profile, insight = profiles.data.get(user_id), insights.data.get(user_id)
+    if profile is None and insight is None:
+        return view.json({"error": f"nothing held about user {user_id!r}"}, status=404)
+    document = {
+        "user_id": user_id,
+        "exported_at": iso_from_ms(now_ms),
+        "profile": profile_view(profile, now_ms=now_ms) if profile is not None else None,
+        "merged_anonymous_ids": list(profile.aliases) if profile is not None else [],
+        "insight": decision(user_id, insight) if insight is not None else None,
+        "pending_labelled_moments": len(insight.pending) if insight is not None else 0,
+        "messages": list(messages.data.get(user_id, [])),
+    }
+    await _audit("export", request, user_id, now_ms)
+    return view.json(document)
+
+
+async def _audit(action: str, request: Request, user_id: str, now_ms: int, **details: Any) -> None:
+    _, _, key = request.headers.get("Authorization", "").partition(" ")
+    record = audit_record(
+        action, secret=settings.secret.encode(), user_id=user_id, api_key=key, at=iso_from_ms(now_ms), **details
+    )
+    await audit_topic.send(key=subject(settings.secret.encode(), user_id).encode(), value=record)
 
 
 @app.page("/v1/models")

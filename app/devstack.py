@@ -232,7 +232,7 @@ class DevStack:
         self.broker = EmbeddedBroker(log_path=self.root / "tansu.log")
         self.broker.start()
         # Create the topics before any client asks for them: Tansu auto-creates unknown topics with one partition.
-        for topic in ("nudge.events", "nudge.events.dlq", "nudge.segments", "nudge.messages"):
+        for topic in ("nudge.events", "nudge.events.dlq", "nudge.segments", "nudge.messages", "nudge.audit"):
             await create_topic(self.broker.bootstrap, topic, self.partitions)
         self.redis.start()
         for index in range(self.workers):

@@ -73,6 +73,12 @@ messages_topic = app.topic(
     key_serializer="raw",
     value_serializer="raw",
 )
+audit_topic = app.topic(
+    settings.audit_topic,
+    partitions=settings.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
+)
 
 # Registration: each module declares one thing on ``app``.
 from agents import catch_up, clock, commit, ingest, publish, reload, report  # noqa: E402, F401

@@ -59,6 +59,8 @@ class Settings:
     content_file: str = "content.yaml"
     triggers_file: str = "triggers.yaml"
     messages_topic: str = "nudge.messages"
+    #: Who asked for what about whom: consent changes, exports (and, later, erasures), without personal data.
+    audit_topic: str = "nudge.audit"
     #: Purposes a user has consented to until they say otherwise (empty: opt-in, the EU-style default).
     default_consent: frozenset[str] = frozenset()
     #: A scored moment is a positive if the user buys within this many seconds.
@@ -112,6 +114,7 @@ class Settings:
             "content_file": env.get("NUDGE_CONTENT_FILE") or defaults.content_file,
             "triggers_file": env.get("NUDGE_TRIGGERS_FILE") or defaults.triggers_file,
             "messages_topic": env.get("NUDGE_MESSAGES_TOPIC", defaults.messages_topic),
+            "audit_topic": env.get("NUDGE_AUDIT_TOPIC", defaults.audit_topic),
             "default_consent": _keys(env, "NUDGE_DEFAULT_CONSENT"),
             "label_horizon_s": _int(env, "NUDGE_LABEL_HORIZON_S", defaults.label_horizon_s, 1, 30 * 86400),
             "clock": (env.get("NUDGE_CLOCK") or defaults.clock).lower(),

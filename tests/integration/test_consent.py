@@ -125,3 +125,37 @@ async def test_consent_with_unknown_purposes_or_wrong_types_is_refused_with_a_re
         ) as response:
             assert response.status == 400
             assert "unknown purpose 'ads'" in (await response.json())["message"]
+
+
+async def test_export_returns_everything_held_and_consent_and_export_are_audited_without_the_user_id(
+    stack: DevStack,
+) -> None:
+    from app.audit import key_fingerprint, subject
+    from tests.integration.test_intelligence import topic_records
+
+    await track(stack, {"userId": "ann", "event": "Product Added", "properties": {"product_id": "boots", "price": 80}})
+    status, _ = await put_consent(stack, "ann", b'{"categoryPreferences": {"marketing": false}}')
+    assert status == 202
+
+    async def consented() -> bool:
+        _, body = await get_json(f"{stack.http}/v1/users/ann/profile", api_key=stack.api_key)
+        return bool(body.get("consent") == {"marketing": False})
+
+    await wait_for(consented, timeout=20, what="ann's consent change")
+    status, exported = await get_json(f"{stack.http}/v1/users/ann/export", api_key=stack.api_key)
+    assert status == 200
+    assert exported["profile"]["cart"]["items"][0]["product_id"] == "boots"
+    assert exported["profile"]["consent"] == {"marketing": False}
+    assert exported["insight"]["user_id"] == "ann" and isinstance(exported["messages"], list)
+    assert (await get_json(f"{stack.http}/v1/users/nobody/export", api_key=stack.api_key))[0] == 404
+
+    async def audited() -> bool:
+        return len(await topic_records(stack, "nudge.audit")) == 2
+
+    await wait_for(audited, timeout=10, what="two audit records")
+    records = sorted(await topic_records(stack, "nudge.audit"), key=lambda r: r["action"])
+    assert [r["action"] for r in records] == ["consent", "export"]
+    assert {r["subject"] for r in records} == {subject(stack.secret.encode(), "ann")}
+    assert {r["by"] for r in records} == {key_fingerprint(stack.api_key)}
+    assert "ann" not in orjson.dumps(records).decode()  # no user id, no key
+    assert stack.api_key not in orjson.dumps(records).decode()
