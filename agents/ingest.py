@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from app.deadlines import PartitionClocks
 from app.learning import Learning
-from app.main import app, dlq_topic, events_topic, messages_topic, segments_topic, settings
+from app.main import app, audit_topic, dlq_topic, events_topic, messages_topic, segments_topic, settings
 from app.offsets import OffsetTracker, Verdict, read_range
 from app.pipeline import Pipeline
 from app.read_model import ReadModel
@@ -25,6 +25,7 @@ from app.records import split_record
 from app.rules import Rules
 from app.stats import ingest_stats
 from tables.aliases import alias_writer, aliases
+from tables.erasures import erasure_writer, erasures
 from tables.insights import insight_writer, insights
 from tables.messages import message_writer, messages
 from tables.models import model_snapshots
@@ -56,6 +57,9 @@ pipeline = Pipeline(
     model_snapshots=model_snapshots,
     aliases=aliases,
     alias_writer=alias_writer,
+    erasures=erasures,
+    erasure_writer=erasure_writer,
+    audit_topic=audit_topic,
     secret=settings.secret.encode(),
     learning=Learning(kind=settings.intent_model, secret=settings.secret.encode()),  # type: ignore[arg-type]
     rules=rules,
@@ -102,7 +106,9 @@ async def _process(topic: str, partition: int, offset: int, key: bytes | None, v
     now_ms = int(time.time() * 1000)
     secret = settings.secret.encode()
     plan = split_record(value, partition=partition, partitions=settings.partitions, now_ms=now_ms, secret=secret)
-    folded = await pipeline.process(plan.by_user, partition=partition, offset=offset, merges=plan.merges)
+    folded = await pipeline.process(
+        plan.by_user, partition=partition, offset=offset, merges=plan.merges, erasures=plan.erasures
+    )
     await pipeline.flush()
     for reject in plan.rejects:
         await dlq_topic.send(

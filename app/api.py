@@ -20,8 +20,9 @@ from faust.web import Request, Response, View
 
 from agents.ingest import pipeline, read_model, rules
 from app.audit import audit_record, subject
-from app.collector import produce
+from app.collector import produce, produce_record
 from app.events import iso_from_ms, normalise
+from app.identity import Erase, erase_record
 from app.main import app, audit_topic, settings
 from app.partitioning import partition_for
 from app.stats import ingest_stats
@@ -163,6 +164,22 @@ class Consent(View):
         return self.json(
             {"user_id": user_id, "categoryPreferences": preferences, "messageId": normalised["messageId"]}, status=202
         )
+
+
+@app.page("/v1/users/{user_id}")
+class Erasure(View):
+    """``DELETE``: erase the user everywhere Nudge keeps state (GDPR Art. 17). Answers 202 once the request is in the
+    user's event stream; the worker then removes profile, insight, labels, timers, decision records, aliases and
+    Redis keys, and writes a receipt (without the user id) to ``nudge.audit``."""
+
+    @requires_api_key
+    async def delete(self, request: Request, user_id: str) -> Response:
+        now_ms = int(time.time() * 1000)
+        record = erase_record(Erase(user_id, now_ms), settings.secret.encode())
+        await produce_record(user_id, record)
+        await _audit("erasure_requested", request, user_id, now_ms)
+        marker = subject(settings.secret.encode(), user_id)
+        return self.json({"subject": marker, "requested_at": iso_from_ms(now_ms)}, status=202)
 
 
 @app.page("/v1/users/{user_id}/export")

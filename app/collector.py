@@ -93,6 +93,11 @@ async def _produce(events: list[tuple[int, bytes]]) -> None:
     await batcher.submit(events)
 
 
+async def produce_record(user_id: str, record: bytes) -> None:
+    """Produce one prepared record to the user's partition of ``nudge.events``; return once the broker has it."""
+    await _produce([(partition_for(user_id, settings.partitions), record)])
+
+
 async def produce(events: list[dict[str, Any]]) -> None:
     """Produce normalised events to ``nudge.events`` (as the collector does) and return once the broker has them."""
     await _produce([_encoded(event) for event in events])

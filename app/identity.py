@@ -67,6 +67,40 @@ def read_merge(item: dict[str, Any], secret: bytes) -> Merge:
     return Merge(from_id, into_id, profile if isinstance(profile, dict) else None, insight if insight else None)
 
 
+@dataclass(frozen=True, slots=True)
+class Erase:
+    """Erase everything held about ``user_id``; events of the user stamped ``at_ms`` or earlier stay dropped."""
+
+    user_id: str
+    at_ms: int
+
+
+ERASE_KEY = "nudgeErase"
+
+
+def erase_record(erase: Erase, secret: bytes) -> bytes:
+    """The ``nudge.events`` record of an erasure request, signed (produce it keyed by ``erase.user_id``)."""
+    body = {"user": erase.user_id, "at_ms": erase.at_ms}
+    return orjson.dumps({ERASE_KEY: body, "sig": _sign(secret, orjson.dumps(body, option=orjson.OPT_SORT_KEYS))})
+
+
+def is_erase(item: object) -> bool:
+    return isinstance(item, dict) and ERASE_KEY in item
+
+
+def read_erase(item: dict[str, Any], secret: bytes) -> Erase:
+    """Verify and decode an erasure record; raise :class:`InvalidEvent` if it is not one of ours."""
+    body, signature = item.get(ERASE_KEY), item.get("sig")
+    if not isinstance(body, dict) or not isinstance(signature, str):
+        raise InvalidEvent("erasure record: expected nudgeErase (object) and sig (string)")
+    if not hmac.compare_digest(signature, _sign(secret, orjson.dumps(body, option=orjson.OPT_SORT_KEYS))):
+        raise InvalidEvent("erasure record: bad signature (erasures come from the API only)")
+    user_id, at_ms = body.get("user"), body.get("at_ms")
+    if not isinstance(user_id, str) or not user_id or not isinstance(at_ms, int) or isinstance(at_ms, bool):
+        raise InvalidEvent("erasure record: user (string) and at_ms (integer) are required")
+    return Erase(user_id, at_ms)
+
+
 def alias_event(anonymous_id: str, user_id: str, *, timestamp: str) -> dict[str, Any]:
     """The Segment ``alias`` event that asks ``anonymous_id``'s partition to hand its state to ``user_id``."""
     identity = f"{anonymous_id}\x00{user_id}".encode("utf-8", "surrogatepass")

@@ -20,10 +20,11 @@ import orjson
 from faust.types import TP, TopicT
 from faust.types.tables import TableT
 
+from app.audit import subject
 from app.codecs import decode_insight, encode_insight, encode_profile
 from app.deadlines import Deadlines, PartitionClocks
 from app.events import Event, iso_from_ms
-from app.identity import Merge, alias_event, merge_record
+from app.identity import Erase, Merge, alias_event, erase_record, merge_record
 from app.learning import Learning
 from app.partitioning import partition_for
 from app.read_model import ReadModel
@@ -56,6 +57,9 @@ class Pipeline:
         model_snapshots: TableT,
         aliases: TableT,
         alias_writer: BulkTableWriter,
+        erasures: TableT,
+        erasure_writer: BulkTableWriter,
+        audit_topic: TopicT,
         secret: bytes,
         messages: TableT,
         message_writer: BulkTableWriter,
@@ -79,6 +83,9 @@ class Pipeline:
         self.model_snapshots = model_snapshots
         self.aliases = aliases
         self.alias_writer = alias_writer
+        self.erasures = erasures
+        self.erasure_writer = erasure_writer
+        self.audit_topic = audit_topic
         self.secret = secret
         self._pending_hand_overs: list[tuple[str, Event]] = []
         self.learning = learning
@@ -94,6 +101,7 @@ class Pipeline:
         self.decisions: dict[str, int] = {}
         #: Events of users without analytics consent, by event name: the only trace they leave.
         self.anonymous_counts: dict[str, int] = {}
+        self.erased_users = 0
 
     # -- partitions --------------------------------------------------------------------------------------------------
 
@@ -150,7 +158,13 @@ class Pipeline:
     # -- events and clock --------------------------------------------------------------------------------------------
 
     async def process(
-        self, by_user: dict[str, list[Event]], *, partition: int, offset: int, merges: Iterable[Merge] = ()
+        self,
+        by_user: dict[str, list[Event]],
+        *,
+        partition: int,
+        offset: int,
+        merges: Iterable[Merge] = (),
+        erasures: Iterable[Erase] = (),
     ) -> int:
         """Fold, score and segment each user's events from one record; returns how many events were folded.
 
@@ -166,9 +180,11 @@ class Pipeline:
         outgoing: list[tuple[str, bytes]] = []
         for merge in merges:
             self._merge(merge, partition)
+        for erase in erasures:
+            await self._erase(erase, partition, outgoing)
         folded = 0
         for user_id, all_events in by_user.items():
-            events = self._identity(user_id, all_events, partition, outgoing)
+            events = self._identity(user_id, self._not_erased(user_id, all_events), partition, outgoing)
             if not events:
                 continue
             profile = self.profiles.data.get(user_id)
@@ -227,6 +243,62 @@ class Pipeline:
         assert canonical is not None
         out.extend((canonical, _forwarded(event, canonical)) for event in rest if event.alias_to is None)
         return keep
+
+    # -- erasure -------------------------------------------------------------------------------------------------------
+
+    async def _erase(self, erase: Erase, partition: int, out: list[tuple[str, bytes]]) -> None:
+        """Remove the user from every table, deadline and Redis key; ask their merged anonymous ids' partitions to do
+        the same; keep only a keyed hash and the time, so their older events stay dropped; write the receipt."""
+        user_id = erase.user_id
+        marker = subject(self.secret, user_id)
+        if self.erasures.data.get(marker, -1) >= erase.at_ms:
+            return  # done already (a redelivered request)
+        profile, insight = self.profiles.data.get(user_id), self.insights.data.get(user_id)
+        kept_messages = len(self.messages.data.get(user_id, ()))
+        aliases = list(profile.aliases) if profile is not None else []
+        for writer, table in (
+            (self.profile_writer, self.profiles),
+            (self.insight_writer, self.insights),
+            (self.message_writer, self.messages),
+            (self.alias_writer, self.aliases),
+        ):
+            if user_id in table.data:
+                writer.delete(user_id, partition=partition)
+        self.erasure_writer.put(marker, erase.at_ms, partition=partition)
+        self.deadlines.schedule(partition, user_id, None)
+        self.read_model.forget(user_id)
+        for anonymous_id in aliases:
+            out.append((anonymous_id, erase_record(Erase(anonymous_id, erase.at_ms), self.secret)))
+        receipt = {
+            "action": "erasure",
+            "subject": marker,
+            "at": iso_from_ms(erase.at_ms),
+            "removed": {
+                "profile": profile is not None,
+                "insight": insight is not None,
+                "pending_labels": len(insight.pending) if insight is not None else 0,
+                "armed_triggers": len(insight.triggers.armed) if insight is not None else 0,
+                "decision_records": kept_messages,
+                "merged_anonymous_ids": len(aliases),
+                "redis": ["read model", "websocket inbox", "presence"],
+            },
+        }
+        await self.audit_topic.send(key=marker.encode(), value=orjson.dumps(receipt))
+        self.erased_users += 1
+        log.info("erased a user (subject %s): %s", marker, receipt["removed"])
+
+    def _not_erased(self, user_id: str, events: list[Event]) -> list[Event]:
+        """Drop the events of an erased user stamped at or before the erasure (a replay must not bring them back)."""
+        if not self.erasures.data:
+            return events
+        erased_at = self.erasures.data.get(subject(self.secret, user_id))
+        if erased_at is None:
+            return events
+        kept = [event for event in events if event.timestamp_ms > erased_at]
+        for event in events:
+            if event.timestamp_ms <= erased_at:
+                self._count_anonymously(event.name)
+        return kept
 
     def _links(self, profile: Profile, steps: list[Step]) -> list[tuple[str, bytes]]:
         """Alias events for the anonymous ids this user's events named that are not merged into it yet."""
@@ -303,6 +375,7 @@ class Pipeline:
     async def flush(self) -> None:
         """Queue the table writes of everything processed so far (call before the record counts as processed)."""
         await self.alias_writer.flush()
+        await self.erasure_writer.flush()
         await self.profile_writer.flush()
         await self.insight_writer.flush()
         await self.message_writer.flush()

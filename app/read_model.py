@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models.insight import Insight
+from ws.delivery import inbox_key, presence_key
 
 log = logging.getLogger(__name__)
 MAX_PENDING_USERS = 200_000
@@ -49,7 +50,8 @@ class ReadModel:
         self._redis = redis
         self._prefix = prefix
         self._ttl_s = ttl_s
-        self._pending: dict[str, Insight] = {}
+        #: The latest insight per user, or ``None``: the user was erased, delete their keys.
+        self._pending: dict[str, Insight | None] = {}
         self._warned_at = 0.0
         self.written = 0
 
@@ -59,6 +61,10 @@ class ReadModel:
             return  # Redis has been down for long: the next change or a takeover rewrites this user
         self._pending[user_id] = insight
 
+    def forget(self, user_id: str) -> None:
+        """Queue the deletion of everything Redis holds for the user: read model, websocket inbox and presence."""
+        self._pending[user_id] = None
+
     async def flush(self) -> int:
         if not self._pending:
             return 0
@@ -66,6 +72,9 @@ class ReadModel:
         pipe = self._redis.pipeline(transaction=False)
         for user_id, insight in batch.items():
             key = user_key(self._prefix, user_id)
+            if insight is None:
+                pipe.delete(key, inbox_key(self._prefix, user_id), presence_key(self._prefix, user_id))
+                continue
             pipe.hset(key, mapping=fields(insight))  # type: ignore[arg-type]
             pipe.expire(key, self._ttl_s)
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from app.events import Event, InvalidEvent, decode_record, encode_event, event_from, validate
-from app.identity import Merge, is_merge, read_merge
+from app.identity import Erase, Merge, is_erase, is_merge, read_erase, read_merge
 from app.partitioning import partition_for
 
 
@@ -32,6 +32,8 @@ class RecordPlan:
     rejects: list[Reject] = field(default_factory=list)
     #: Anonymous profiles handed over to a user of this partition (signed by a worker: see app.identity).
     merges: list[Merge] = field(default_factory=list)
+    #: Erasure requests (signed by the API: see app.identity).
+    erasures: list[Erase] = field(default_factory=list)
 
     @property
     def accepted(self) -> int:
@@ -55,6 +57,10 @@ def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms
             if is_merge(item):
                 assert isinstance(item, dict)
                 plan.merges.append(read_merge(item, secret))
+                continue
+            if is_erase(item):
+                assert isinstance(item, dict)
+                plan.erasures.append(read_erase(item, secret))
                 continue
             normalised, timestamp_ms = validate(item, now_ms=now_ms)
             event = event_from(normalised, timestamp_ms)

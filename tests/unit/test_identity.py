@@ -99,3 +99,14 @@ def test_an_alias_event_is_routed_to_the_anonymous_id_and_links_to_the_user() ->
         now_ms=T0,
     )
     assert (identify.user_id, identify.anonymous_id, identify.alias_to) == ("user-1", "anon-1", None)
+
+
+def test_an_erasure_record_is_signed_and_a_forged_one_is_refused() -> None:
+    from app.identity import Erase, erase_record, is_erase, read_erase
+
+    item = orjson.loads(erase_record(Erase("ann", T0), SECRET))
+    assert is_erase(item) and read_erase(item, SECRET) == Erase("ann", T0)
+    with pytest.raises(InvalidEvent, match="bad signature"):
+        read_erase({**item, "nudgeErase": {"user": "bob", "at_ms": T0}}, SECRET)
+    with pytest.raises(InvalidEvent, match="user \\(string\\) and at_ms"):
+        read_erase(orjson.loads(erase_record(Erase("", T0), SECRET)), SECRET)

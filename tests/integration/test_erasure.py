@@ -1,0 +1,115 @@
+"""Erasure on a running stack: ``DELETE /v1/users/{id}`` removes the person from every table, Redis key and merged
+alias, writes a receipt without their id, and re-sent old events do not bring them back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import orjson
+from redis.asyncio import Redis
+
+from app.audit import subject
+from app.devstack import DevStack
+from app.partitioning import partition_for
+from tests.integration.conftest import get_json, wait_for
+from tests.integration.test_gateway import decisions
+from tests.integration.test_intelligence import decision, rule_files, topic_records, track
+from ws.delivery import inbox_key
+
+TRIGGERS = """\
+triggers:
+  help_offer:
+    when: {event: Help Wanted}
+    message: {title: "Need a hand?"}
+    consent: marketing
+"""
+
+
+async def test_an_erased_user_is_gone_everywhere_with_a_receipt_and_does_not_come_back(tmp_path: Path) -> None:
+    env = rule_files(tmp_path, triggers=TRIGGERS)
+    async with DevStack(root=tmp_path / "stack", keep_files=True, extra_env=env) as stack:
+        user = "erase-me"
+        anonymous = next(
+            f"anon-{n}"
+            for n in range(100)
+            if partition_for(f"anon-{n}", stack.partitions) != partition_for(user, stack.partitions)
+        )
+        stamp = "2026-11-23T09:00:00.000Z"
+        old_events = [
+            {
+                "anonymousId": anonymous,
+                "event": "Product Viewed",
+                "properties": {"product_id": "p1"},
+                "timestamp": stamp,
+            },
+            {
+                "userId": user,
+                "anonymousId": anonymous,
+                "event": "Product Added",
+                "timestamp": stamp,
+                "properties": {"product_id": "boots", "price": 80},
+            },
+            {"userId": user, "event": "Help Wanted", "timestamp": stamp, "messageId": "help-1"},
+        ]
+        await track(stack, *old_events)
+
+        async def settled() -> bool:
+            status, body = await get_json(f"{stack.http}/v1/users/{user}/profile", api_key=stack.api_key)
+            merged = status == 200 and body["event_counts"].get("Product Viewed") == 1  # the anonymous view
+            return merged and len(await decisions(stack, user)) == 1
+
+        await wait_for(settled, timeout=30, what="profile, merge and decision")
+        redis = Redis.from_url(stack.redis.url)
+        try:
+            prefix = stack.app_id
+
+            async def in_redis() -> bool:
+                return bool(await redis.exists(f"{prefix}:user:{user}")) and bool(
+                    await redis.exists(inbox_key(prefix, user))
+                )
+
+            await wait_for(in_redis, timeout=15, what="the read model and the inbox in Redis")
+
+            async with (
+                aiohttp.ClientSession(headers={"Authorization": f"Bearer {stack.api_key}"}) as session,
+                session.delete(f"{stack.http}/v1/users/{user}") as response,
+            ):
+                assert response.status == 202
+                receipt_id = (await response.json())["subject"]
+            assert receipt_id == subject(stack.secret.encode(), user)
+
+            async def erased() -> bool:
+                status, _ = await get_json(f"{stack.http}/v1/users/{user}/profile", api_key=stack.api_key)
+                return status == 404 and not await redis.exists(f"{prefix}:user:{user}", inbox_key(prefix, user))
+
+            await wait_for(erased, timeout=20, what="the profile and the Redis keys to go")
+            assert (await decision(stack, user))["known"] is False
+            assert await decisions(stack, user) == []
+            assert (await get_json(f"{stack.http}/v1/users/{user}/export", api_key=stack.api_key))[0] == 404
+
+            async def alias_gone() -> bool:
+                status, _ = await get_json(f"{stack.http}/v1/users/{anonymous}/profile", api_key=stack.api_key)
+                return status == 404
+
+            await wait_for(alias_gone, timeout=20, what="the merged anonymous id to be erased too")
+
+            receipts = [r for r in await topic_records(stack, "nudge.audit") if r["action"] == "erasure"]
+            assert {r["subject"] for r in receipts} == {receipt_id, subject(stack.secret.encode(), anonymous)}
+            mine = next(r for r in receipts if r["subject"] == receipt_id)
+            assert mine["removed"]["profile"] and mine["removed"]["decision_records"] == 1
+            assert mine["removed"]["merged_anonymous_ids"] == 1
+            assert user not in orjson.dumps(receipts).decode() and anonymous not in orjson.dumps(receipts).decode()
+
+            # A replay of the old events (a retry, or re-reading the log) does not bring the person back.
+            replayed = [{**event, "messageId": f"replay-{n}"} for n, event in enumerate(old_events)]
+            await track(stack, *replayed, {"userId": "someone-else", "event": "Product Viewed"})
+
+            async def other_folded() -> bool:
+                return (await get_json(f"{stack.http}/v1/users/someone-else/profile", api_key=stack.api_key))[0] == 200
+
+            await wait_for(other_folded, timeout=20, what="a later event of another user")
+            for person in (user, anonymous):
+                assert (await get_json(f"{stack.http}/v1/users/{person}/profile", api_key=stack.api_key))[0] == 404
+        finally:
+            await redis.aclose()
