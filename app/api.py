@@ -20,11 +20,12 @@ from faust.web import Request, Response, View
 
 from agents.ingest import pipeline, read_model, rules
 from app.audit import audit_record, subject
-from app.collector import produce, produce_record
+from app.collector import key_store, produce, produce_record
 from app.events import iso_from_ms, normalise
 from app.identity import Erase, erase_record
 from app.main import app, audit_topic, settings
 from app.partitioning import partition_for
+from app.pii import Unreadable, decrypt_fields, is_token
 from app.stats import ingest_stats
 from models.consent import consent_event, parse_preferences
 from models.insight import Insight
@@ -191,10 +192,17 @@ async def get_export(view: View, request: Request, user_id: str) -> Response:
     profile, insight = profiles.data.get(user_id), insights.data.get(user_id)
     if profile is None and insight is None:
         return view.json({"error": f"nothing held about user {user_id!r}"}, status=404)
+    shown = profile_view(profile, now_ms=now_ms) if profile is not None else None
+    if shown is not None and any(is_token(v) for v in shown["traits"].values()):
+        key = (await key_store.keys_for([user_id], create=False))[user_id]
+        try:
+            shown["traits"] = decrypt_fields({"traits": shown["traits"]}, key, user_id, _trait_paths(shown))["traits"]
+        except Unreadable as error:
+            shown["traits"] = {"error": f"personal fields unreadable: {error}"}
     document = {
         "user_id": user_id,
         "exported_at": iso_from_ms(now_ms),
-        "profile": profile_view(profile, now_ms=now_ms) if profile is not None else None,
+        "profile": shown,
         "merged_anonymous_ids": list(profile.aliases) if profile is not None else [],
         "insight": decision(user_id, insight) if insight is not None else None,
         "pending_labelled_moments": len(insight.pending) if insight is not None else 0,
@@ -202,6 +210,11 @@ async def get_export(view: View, request: Request, user_id: str) -> Response:
     }
     await _audit("export", request, user_id, now_ms)
     return view.json(document)
+
+
+def _trait_paths(shown: dict[str, Any]) -> list[str]:
+    """Every trait holding a token: whichever fields were personal when it was written."""
+    return [f"traits.{name}" for name, value in shown["traits"].items() if is_token(value)]
 
 
 async def _audit(action: str, request: Request, user_id: str, now_ms: int, **details: Any) -> None:

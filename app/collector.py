@@ -21,11 +21,14 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 from faust.web import Request, Response, View
+from redis.asyncio import Redis
 
 from app.batching import PartitionBatcher
 from app.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, InvalidEvent, encode_event, normalise, user_key
+from app.keys import KeyStore
 from app.main import app, events_topic, settings
 from app.partitioning import partition_for
+from app.pii import encrypt_fields, has_personal_fields
 
 
 class HttpError(Exception):
@@ -39,6 +42,7 @@ async def _send(partition: int, value: bytes) -> Any:
 
 
 batcher = PartitionBatcher(_send, linger_s=settings.collector_linger_ms / 1000)
+key_store = KeyStore(Redis.from_url(settings.redis_url or ""), settings.app_id)
 
 
 class _CollectorView(View):
@@ -56,7 +60,7 @@ class _CollectorView(View):
                 return await self._batch(payload, now_ms)
             event = normalise(payload, now_ms=now_ms, default_type=self.event_type)
             event.pop("writeKey", None)
-            await _produce([_encoded(event)])
+            await produce([event])
             return self.json({"success": True})
         except HttpError as error:
             return self.json({"success": False, "message": str(error)}, status=error.status)
@@ -66,18 +70,18 @@ class _CollectorView(View):
     async def _batch(self, payload: Any, now_ms: int) -> Response:
         if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
             raise HttpError(400, 'a batch body must be an object with a "batch" array')
-        accepted: list[tuple[int, bytes]] = []
+        accepted: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
         for index, raw in enumerate(payload["batch"]):
             try:
                 if len(encode_event(raw)) > MAX_EVENT_BYTES:
                     raise InvalidEvent(f"event is over the {MAX_EVENT_BYTES} byte limit")
-                accepted.append(_encoded(normalise(raw, now_ms=now_ms)))
+                accepted.append(normalise(raw, now_ms=now_ms))
             except InvalidEvent as error:
                 rejected.append({"index": index, "message": str(error)})
         if not accepted and rejected:
             return self.json({"success": False, "message": "no valid event", "rejected": rejected}, status=400)
-        await _produce(accepted)
+        await produce(accepted)
         response: dict[str, Any] = {"success": True}
         if rejected:
             response.update(accepted=len(accepted), rejected=rejected)
@@ -99,7 +103,16 @@ async def produce_record(user_id: str, record: bytes) -> None:
 
 
 async def produce(events: list[dict[str, Any]]) -> None:
-    """Produce normalised events to ``nudge.events`` (as the collector does) and return once the broker has them."""
+    """Produce normalised events to ``nudge.events`` with their personal fields encrypted (:mod:`app.pii`); return
+    once the broker has them."""
+    fields = settings.all_personal_fields
+    personal = [user_key(event) for event in events if has_personal_fields(event, fields)]
+    if personal:
+        keys = await key_store.keys_for(personal, create=True)
+        events = [
+            encrypt_fields(event, key, user_key(event), fields) if (key := keys.get(user_key(event))) else event
+            for event in events
+        ]
     await _produce([_encoded(event) for event in events])
 
 

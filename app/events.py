@@ -155,7 +155,8 @@ def event_from(event: Mapping[str, Any], timestamp_ms: int) -> Event:
         user_id=user_key(event),
         message_id=event["messageId"],
         timestamp_ms=timestamp_ms,
-        properties=event.get("properties") or {},
+        # An identify event carries traits where others carry properties.
+        properties=(event.get("traits") if type_ == "identify" else event.get("properties")) or {},
         context=event.get("context") or {},
         anonymous_id=_linked_anonymous_id(event) if type_ != "alias" else None,
         alias_to=event.get("userId") if type_ == "alias" else None,

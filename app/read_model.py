@@ -24,6 +24,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.keys import key_name
 from models.insight import Insight
 from ws.delivery import inbox_key, presence_key
 
@@ -62,7 +63,8 @@ class ReadModel:
         self._pending[user_id] = insight
 
     def forget(self, user_id: str) -> None:
-        """Queue the deletion of everything Redis holds for the user: read model, websocket inbox and presence."""
+        """Queue the deletion of everything Redis holds for the user: read model, websocket inbox, presence and the
+        key of their personal fields (crypto-shredding, see :mod:`app.pii`)."""
         self._pending[user_id] = None
 
     async def flush(self) -> int:
@@ -73,7 +75,9 @@ class ReadModel:
         for user_id, insight in batch.items():
             key = user_key(self._prefix, user_id)
             if insight is None:
-                pipe.delete(key, inbox_key(self._prefix, user_id), presence_key(self._prefix, user_id))
+                personal = (inbox_key(self._prefix, user_id), presence_key(self._prefix, user_id))
+                # The encryption key last: once it is gone, every copy of the user's personal fields is unreadable.
+                pipe.delete(key, *personal, key_name(self._prefix, user_id))
                 continue
             pipe.hset(key, mapping=fields(insight))  # type: ignore[arg-type]
             pipe.expire(key, self._ttl_s)

@@ -20,6 +20,7 @@ CLOCKS = ("wall", "event")
 INTENT_MODELS = ("logistic", "forest")
 MIN_SECRET_LENGTH = 16
 Role = Literal["worker", "gateway"]
+_FIELD_PATH = re.compile(r"^(traits|context|properties)(\.[A-Za-z0-9_$-]{1,64}){1,2}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
@@ -61,6 +62,8 @@ class Settings:
     messages_topic: str = "nudge.messages"
     #: Who asked for what about whom: consent changes, exports (and, later, erasures), without personal data.
     audit_topic: str = "nudge.audit"
+    #: Dotted paths encrypted per user at the edge, beyond ``app.pii.PERSONAL_FIELDS`` (e.g. ``traits.birthday``).
+    personal_fields: tuple[str, ...] = ()
     #: Purposes a user has consented to until they say otherwise (empty: opt-in, the EU-style default).
     default_consent: frozenset[str] = frozenset()
     #: A scored moment is a positive if the user buys within this many seconds.
@@ -115,6 +118,7 @@ class Settings:
             "triggers_file": env.get("NUDGE_TRIGGERS_FILE") or defaults.triggers_file,
             "messages_topic": env.get("NUDGE_MESSAGES_TOPIC", defaults.messages_topic),
             "audit_topic": env.get("NUDGE_AUDIT_TOPIC", defaults.audit_topic),
+            "personal_fields": tuple(sorted(_keys(env, "NUDGE_PERSONAL_FIELDS"))),
             "default_consent": _keys(env, "NUDGE_DEFAULT_CONSENT"),
             "label_horizon_s": _int(env, "NUDGE_LABEL_HORIZON_S", defaults.label_horizon_s, 1, 30 * 86400),
             "clock": (env.get("NUDGE_CLOCK") or defaults.clock).lower(),
@@ -136,6 +140,12 @@ class Settings:
             raise SettingsError("NUDGE_WRITE_KEYS is empty: set at least one collector write key")
         if role == "worker" and not self.api_keys:
             raise SettingsError("NUDGE_API_KEYS is empty: set at least one read API key")
+        bad_field = next((f for f in self.personal_fields if not _FIELD_PATH.match(f)), None)
+        if bad_field is not None:
+            raise SettingsError(
+                f"NUDGE_PERSONAL_FIELDS: {bad_field!r} is not a path like traits.birthday (under traits, context or "
+                "properties)"
+            )
         bad_origin = next((o for o in sorted(self.ws_origins) if not _ORIGIN.match(o)), None)
         if bad_origin is not None:
             raise SettingsError(f"NUDGE_WS_ORIGINS: {bad_origin!r} is not an origin like https://shop.example:443")
@@ -183,6 +193,12 @@ class Settings:
     @property
     def web_url(self) -> str:
         return f"http://{self.web_host}:{self.web_port}"
+
+    @property
+    def all_personal_fields(self) -> tuple[str, ...]:
+        from app.pii import PERSONAL_FIELDS
+
+        return tuple(dict.fromkeys((*PERSONAL_FIELDS, *self.personal_fields)))
 
     @property
     def ws_url(self) -> str:

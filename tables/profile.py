@@ -28,6 +28,9 @@ MAX_SEEN_IDS = 64
 MAX_CONSENT_PURPOSES = 32
 MAX_NAME_LENGTH = 200
 MAX_ALIASES = 32
+MAX_TRAITS = 32
+#: Long enough for an encrypted token of a 200-character value.
+MAX_TRAIT_LENGTH = 400
 OTHER = "(other)"
 
 #: How much each kind of interaction adds to the affinity of the product's category.
@@ -81,6 +84,8 @@ class Profile:
     seen_ids: tuple[int, ...] = ()
     #: Anonymous ids linked to this user: merged into it, or asked to merge (see :mod:`app.identity`).
     aliases: tuple[str, ...] = ()
+    #: The latest ``identify`` traits; personal ones are ``enc:v1:`` tokens (:mod:`app.pii`), readable by export only.
+    traits: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def cart_value(self) -> float:
@@ -208,7 +213,20 @@ def fold(profile: Profile, event: Event) -> Profile:
     stated = _stated_consent(event.context)
     if stated:
         changes["consent"] = _merge_consent(profile.consent, stated)
+    if event.type == "identify" and props:
+        changes["traits"] = _merge_traits(profile.traits, props)
     return replace(profile, **changes)
+
+
+def _merge_traits(current: Mapping[str, Any], stated: Mapping[str, Any]) -> dict[str, Any]:
+    """Scalar traits only (strings cut to a bounded length), at most :data:`MAX_TRAITS` of them."""
+    merged = dict(current)
+    for name, value in stated.items():
+        if not isinstance(value, (str, int, float, bool)) or len(name) > 64:
+            continue
+        if name in merged or len(merged) < MAX_TRAITS:
+            merged[name] = value[:MAX_TRAIT_LENGTH] if isinstance(value, str) else value
+    return merged
 
 
 def merge_profiles(into: Profile | None, other: Profile, *, user_id: str | None = None) -> Profile:

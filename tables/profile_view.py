@@ -55,6 +55,7 @@ def profile_view(profile: Profile, *, now_ms: int) -> dict[str, Any]:
         "category_affinity": decayed_affinity(profile, now_ms),
         "recently_viewed": list(profile.recent_items),
         "consent": dict(profile.consent),
+        "traits": dict(profile.traits),
     }
 
 

@@ -41,6 +41,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from app.keys import KeyStore
+from app.pii import encrypt_fields, has_personal_fields
 from app.settings import Settings
 from ws import delivery
 from ws.deliverer import Deliverer
@@ -79,6 +81,7 @@ class Gateway:
         self.redis: Redis = Redis.from_url(settings.redis_url or "")
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=2)
         self.deliverer = Deliverer(settings, self.redis)
+        self.keys = KeyStore(self.redis, self.prefix)
         self._sockets: dict[int, ServerConnection] = {}
         self._users: dict[int, str] = {}
         self._ids = itertools.count(1)
@@ -198,7 +201,13 @@ class Gateway:
                     await connection.close(effect.code, effect.reason)
             elif isinstance(effect, Produce):
                 self.counts["tracked"] += 1
-                value = orjson.dumps(effect.event)
+                event = effect.event
+                fields = self.settings.all_personal_fields
+                if has_personal_fields(event, fields):
+                    key = (await self.keys.keys_for([effect.user_id], create=True))[effect.user_id]
+                    assert key is not None
+                    event = encrypt_fields(event, key, effect.user_id, fields)
+                value = orjson.dumps(event)
                 await self._producer.send(self.settings.events_topic, value, key=effect.user_id.encode())
             elif isinstance(effect, Acked):
                 self.counts["acked"] += 1

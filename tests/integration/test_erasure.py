@@ -4,18 +4,48 @@ alias, writes a receipt without their id, and re-sent old events do not bring th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from app.audit import subject
 from app.devstack import DevStack
+from app.keys import key_name
+from app.offsets import read_range
 from app.partitioning import partition_for
-from tests.integration.conftest import get_json, wait_for
+from app.pii import Unreadable, decrypt_value
+from tests.integration.conftest import end_offsets, get_json, wait_for
 from tests.integration.test_gateway import decisions
 from tests.integration.test_intelligence import decision, rule_files, topic_records, track
 from ws.delivery import inbox_key
+
+EMAIL, NAME = "erase.me@example.com", "Erika Mustermann"
+
+
+async def readable_anywhere(stack: DevStack, *needles: bytes) -> list[str]:
+    """The topics holding any of ``needles`` in clear, in a key or a value: every Nudge topic and changelog."""
+    names = ["nudge.events", "nudge.events.dlq", "nudge.segments", "nudge.messages", "nudge.audit"]
+    names += [f"{stack.app_id}-{table}-changelog" for table in ("profiles", "insights", "messages", "aliases")]
+    found = []
+    for topic in names:
+        ends = await end_offsets(stack.broker.bootstrap, topic, stack.partitions)
+        for partition, end in ends.items():
+            for record in await read_range(stack.broker.bootstrap, topic, partition, 0, end):
+                blob = (record.key or b"") + (record.value or b"")
+                if any(needle in blob for needle in needles):
+                    found.append(topic)
+    return found
+
+
+async def events_of(stack: DevStack) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for record in await topic_records(stack, "nudge.events"):
+        events += record.get("batch", [record])
+    return events
+
 
 TRIGGERS = """\
 triggers:
@@ -53,11 +83,17 @@ async def test_an_erased_user_is_gone_everywhere_with_a_receipt_and_does_not_com
             {"userId": user, "event": "Help Wanted", "timestamp": stamp, "messageId": "help-1"},
         ]
         await track(stack, *old_events)
+        identify = {"type": "identify", "userId": user, "timestamp": stamp, "traits": {"email": EMAIL, "name": NAME}}
+        async with (
+            aiohttp.ClientSession(auth=aiohttp.BasicAuth(stack.write_key, "")) as session,
+            session.post(f"{stack.http}/v1/identify", json=identify) as response,
+        ):
+            assert response.status == 200
 
         async def settled() -> bool:
             status, body = await get_json(f"{stack.http}/v1/users/{user}/profile", api_key=stack.api_key)
             merged = status == 200 and body["event_counts"].get("Product Viewed") == 1  # the anonymous view
-            return merged and len(await decisions(stack, user)) == 1
+            return merged and "email" in body["traits"] and len(await decisions(stack, user)) == 1
 
         await wait_for(settled, timeout=30, what="profile, merge and decision")
         redis = Redis.from_url(stack.redis.url)
@@ -70,6 +106,15 @@ async def test_an_erased_user_is_gone_everywhere_with_a_receipt_and_does_not_com
                 )
 
             await wait_for(in_redis, timeout=15, what="the read model and the inbox in Redis")
+            # Held encrypted: the profile API and every topic show a token; only the export reads it.
+            _, shown = await get_json(f"{stack.http}/v1/users/{user}/profile", api_key=stack.api_key)
+            assert shown["traits"]["email"].startswith("enc:v1:")
+            _, exported = await get_json(f"{stack.http}/v1/users/{user}/export", api_key=stack.api_key)
+            assert exported["profile"]["traits"] == {"email": EMAIL, "name": NAME}
+            assert not await readable_anywhere(stack, EMAIL.encode(), NAME.encode())
+            # (the scan reads those topics: it finds the tokens in the event log and the profiles changelog)
+            holding_tokens = set(await readable_anywhere(stack, b"enc:v1:"))
+            assert {"nudge.events", f"{stack.app_id}-profiles-changelog"} <= holding_tokens
 
             async with (
                 aiohttp.ClientSession(headers={"Authorization": f"Bearer {stack.api_key}"}) as session,
@@ -111,5 +156,18 @@ async def test_an_erased_user_is_gone_everywhere_with_a_receipt_and_does_not_com
             await wait_for(other_folded, timeout=20, what="a later event of another user")
             for person in (user, anonymous):
                 assert (await get_json(f"{stack.http}/v1/users/{person}/profile", api_key=stack.api_key))[0] == 404
+
+            # Crypto-shredded: the key is gone, so the tokens still on nudge.events can never be read again.
+            assert not await redis.exists(key_name(stack.app_id, user))
+            assert not await readable_anywhere(stack, EMAIL.encode(), NAME.encode())
+            tokens = [
+                event["traits"]["email"]
+                for event in await events_of(stack)
+                if event.get("type") == "identify" and event.get("userId") == user
+            ]
+            assert tokens
+            for token in tokens:
+                with pytest.raises(Unreadable):
+                    decrypt_value(token, await redis.get(key_name(stack.app_id, user)), user)
         finally:
             await redis.aclose()

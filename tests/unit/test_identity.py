@@ -110,3 +110,22 @@ def test_an_erasure_record_is_signed_and_a_forged_one_is_refused() -> None:
         read_erase({**item, "nudgeErase": {"user": "bob", "at_ms": T0}}, SECRET)
     with pytest.raises(InvalidEvent, match="user \\(string\\) and at_ms"):
         read_erase(orjson.loads(erase_record(Erase("", T0), SECRET)), SECRET)
+
+
+def test_personal_fields_are_encrypted_per_user_and_unreadable_without_the_key() -> None:
+    from app.pii import Unreadable, decrypt_fields, encrypt_fields, is_token, new_key
+
+    key = new_key()
+    event = {"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com", "plan": "gold"}}
+    sealed = encrypt_fields(event, key, "ann")
+    assert is_token(sealed["traits"]["email"]) and sealed["traits"]["plan"] == "gold"
+    assert event["traits"]["email"] == "ann@example.com"  # the caller's event is untouched
+    assert "ann@example.com" not in orjson.dumps(sealed).decode()
+    assert encrypt_fields(sealed, key, "ann") == sealed  # tokens are not encrypted twice
+    assert decrypt_fields(sealed, key, "ann")["traits"]["email"] == "ann@example.com"
+    with pytest.raises(Unreadable, match="erased"):
+        decrypt_fields(sealed, None, "ann")
+    with pytest.raises(Unreadable, match="does not open"):
+        decrypt_fields(sealed, new_key(), "ann")
+    with pytest.raises(Unreadable, match="does not open"):
+        decrypt_fields(sealed, key, "bob")  # bound to its user: cannot be replayed as someone else's

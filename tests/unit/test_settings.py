@@ -211,3 +211,10 @@ def test_default_consent_is_opt_in_and_names_known_purposes_only() -> None:
     assert refusal(env(NUDGE_DEFAULT_CONSENT="analytics,ads")).startswith(
         "NUDGE_DEFAULT_CONSENT: unknown purpose 'ads'"
     )
+
+
+def test_personal_fields_extend_the_built_in_list_and_bad_paths_are_refused() -> None:
+    settings = Settings.from_env(env(NUDGE_PERSONAL_FIELDS="traits.birthday, properties.phone"))
+    assert settings.all_personal_fields[-2:] == ("properties.phone", "traits.birthday")
+    assert "traits.email" in settings.all_personal_fields
+    assert refusal(env(NUDGE_PERSONAL_FIELDS="password")).startswith("NUDGE_PERSONAL_FIELDS: 'password' is not a path")
