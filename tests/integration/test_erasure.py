@@ -3,6 +3,7 @@ alias, writes a receipt without their id, and re-sent old events do not bring th
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 
 from app.audit import subject
 from app.devstack import DevStack
+from app.events import iso_from_ms
 from app.keys import key_name
 from app.offsets import read_range
 from app.partitioning import partition_for
@@ -65,7 +67,9 @@ async def test_an_erased_user_is_gone_everywhere_with_a_receipt_and_does_not_com
             for n in range(100)
             if partition_for(f"anon-{n}", stack.partitions) != partition_for(user, stack.partitions)
         )
-        stamp = "2026-11-23T09:00:00.000Z"
+        # A minute ago: old enough to precede the erasure, young enough for the inbox (a decision older than the
+        # inbox TTL is stale and never pushed).
+        stamp = iso_from_ms(int(time.time() * 1000) - 60_000)
         old_events = [
             {
                 "anonymousId": anonymous,
