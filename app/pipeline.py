@@ -179,7 +179,7 @@ class Pipeline:
         decisions: list[Decision] = []
         outgoing: list[tuple[str, bytes]] = []
         for merge in merges:
-            self._merge(merge, partition)
+            self._merge(merge, partition, outgoing)
         for erase in erasures:
             await self._erase(erase, partition, outgoing)
         folded = 0
@@ -328,11 +328,17 @@ class Pipeline:
         self.deadlines.schedule(partition, user_id, None)
         log.info("identity: %s merged into %s (profile %s)", user_id, canonical, "sent" if profile else "none")
 
-    def _merge(self, merge: Merge, partition: int) -> None:
+    def _merge(self, merge: Merge, partition: int, out: list[tuple[str, bytes]]) -> None:
         profile = self.profiles.data.get(merge.into_id)
         if profile is not None and merge.from_id in profile.aliases:
             return  # applied already (a redelivered record)
         other = Profile.from_dict(merge.profile) if merge.profile else Profile(user_id=merge.from_id)
+        erased_at = self.erasures.data.get(subject(self.secret, merge.into_id)) if self.erasures.data else None
+        if erased_at is not None and other.last_seen_ms <= erased_at:
+            # The anonymous state of a person erased since: a merge produced by a replay (or in flight during the
+            # erasure) must not bring them back, and the anonymous id's own state goes with them.
+            out.append((merge.from_id, erase_record(Erase(merge.from_id, erased_at), self.secret)))
+            return
         merged = merge_profiles(profile, other, user_id=merge.into_id)
         self.profile_writer.put(merge.into_id, merged, partition=partition)
         if merge.insight is not None:

@@ -19,7 +19,7 @@ from app.keys import key_name
 from app.offsets import read_range
 from app.partitioning import partition_for
 from app.pii import Unreadable, decrypt_value
-from tests.integration.conftest import end_offsets, get_json, wait_for
+from tests.integration.conftest import end_offsets, get_json, stats, wait_for
 from tests.integration.test_gateway import decisions
 from tests.integration.test_intelligence import decision, rule_files, topic_records, track
 from ws.delivery import inbox_key
@@ -173,5 +173,28 @@ async def test_an_erased_user_is_gone_everywhere_with_a_receipt_and_does_not_com
             for token in tokens:
                 with pytest.raises(Unreadable):
                     decrypt_value(token, await redis.get(key_name(stack.app_id, user)), user)
+
+            # A fresh deployment rebuilding every projection from the log (a new app id: empty tables, a new
+            # consumer group reading nudge.events from offset 0) meets the erasure request after the person's
+            # events, so they do not come back there either.
+            stack.nodes[0].stop()
+            rebuilt = stack.new_worker(1)
+            rebuilt.env["NUDGE_APP_ID"] = f"{stack.app_id}-rebuilt"
+            rebuilt.start()
+            stack.nodes.append(rebuilt)
+            await rebuilt.wait_ready()
+            logged = await end_offsets(stack.broker.bootstrap, "nudge.events", stack.partitions)
+
+            async def log_replayed() -> bool:
+                offsets = (await stats(stack, rebuilt.url))["offsets"]
+                return all(not end or offsets.get(str(p), [0, -1])[1] >= end - 1 for p, end in logged.items())
+
+            await wait_for(log_replayed, timeout=60, what="the rebuilt deployment to replay the whole log")
+            assert (await get_json(f"{rebuilt.url}/v1/users/someone-else/profile", api_key=stack.api_key))[0] == 200
+            for person in (user, anonymous):
+                for view in ("profile", "export"):
+                    url = f"{rebuilt.url}/v1/users/{person}/{view}"
+                    assert (await get_json(url, api_key=stack.api_key))[0] == 404, url
+            assert not await redis.exists(f"{stack.app_id}-rebuilt:user:{user}")
         finally:
             await redis.aclose()
