@@ -20,7 +20,7 @@ import orjson
 from faust.types import TP, TopicT
 from faust.types.tables import TableT
 
-from app.audit import subject
+from app.audit import consent_applied, subject
 from app.codecs import decode_insight, encode_insight, encode_profile
 from app.deadlines import Deadlines, PartitionClocks
 from app.events import Event, iso_from_ms
@@ -29,6 +29,7 @@ from app.learning import Learning
 from app.partitioning import partition_for
 from app.read_model import ReadModel
 from app.rules import Rules
+from models.consent import CONSENT_EVENT
 from models.insight import Effect, Insight, SegmentChange, merge_insights, on_clock, on_event
 from models.partition import PartitionModels
 from models.triggers import Decision
@@ -178,6 +179,7 @@ class Pipeline:
         changes: list[SegmentChange] = []
         decisions: list[Decision] = []
         outgoing: list[tuple[str, bytes]] = []
+        audits: list[tuple[str, bytes]] = []
         for merge in merges:
             self._merge(merge, partition, outgoing)
         for erase in erasures:
@@ -197,6 +199,7 @@ class Pipeline:
                 if not step.profiled:
                     self._count_anonymously(step.event.name)
             self.profile_writer.put(user_id, steps[-1].after, partition=partition)
+            audits += self._consent_audits(steps)
             before = insight = self.insights.data.get(user_id)
             for step in steps:
                 insight, effects = on_event(
@@ -220,7 +223,30 @@ class Pipeline:
         await self._emit(changes, decisions, partition)
         for key, value in outgoing:
             await self.events_topic.send(key=key.encode(), value=value)
+        for key, record in audits:
+            await self.audit_topic.send(key=key.encode(), value=record)
         return folded
+
+    def _consent_audits(self, steps: list[Step]) -> list[tuple[str, bytes]]:
+        """An audit record for each step that changed the user's consent (every channel ends up here)."""
+        records = []
+        for step in steps:
+            before = step.before.consent if step.before is not None else {}
+            if step.after.consent == before:
+                continue
+            source = step.event.properties.get("source") if step.event.name == CONSENT_EVENT else None
+            record = consent_applied(
+                self.secret,
+                user_id=step.after.user_id,
+                before=before,
+                after=step.after.consent,
+                message_id=step.event.message_id,
+                at=iso_from_ms(step.event.timestamp_ms),
+                source=source if isinstance(source, str) else "context",
+            )
+            if record is not None:
+                records.append((subject(self.secret, step.after.user_id), record))
+        return records
 
     # -- identity ----------------------------------------------------------------------------------------------------
 

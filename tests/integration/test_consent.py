@@ -3,6 +3,7 @@ triggers and push (marketing); set by events, by ``PUT /v1/users/{id}/consent`` 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from app.devstack import DevStack
 from tests.integration.conftest import get_json, wait_for
 from tests.integration.test_gateway import decisions, tab, token_for
-from tests.integration.test_intelligence import decision, rule_files, track
+from tests.integration.test_intelligence import decision, rule_files, topic_records, track
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +77,21 @@ async def test_marketing_needs_consent_which_the_sdk_grants_and_the_api_withdraw
         _, profile = await get_json(f"{stack.http}/v1/users/ann/profile", api_key=stack.api_key)
         assert profile["consent"] == {"marketing": False}
 
+        # Every change is audited where it is applied, whichever channel stated it.
+        async def applied() -> list[dict[str, Any]]:
+            records = await topic_records(stack, "nudge.audit")
+            return sorted((r for r in records if r["action"] == "consent_applied"), key=lambda r: r["at"])
+
+        await wait_for(lambda: _count_is(applied, 2), timeout=10, what="two applied consent changes")
+        assert [(r["by"], r["categoryPreferences"]) for r in await applied()] == [
+            ("event:websocket", {"marketing": True}),
+            ("event:api", {"marketing": False}),
+        ]
+
+
+async def _count_is(records: Callable[[], Awaitable[list[Any]]], count: int) -> bool:
+    return len(await records()) == count
+
 
 async def test_without_analytics_nothing_is_profiled_and_without_personalization_nothing_is_inferred(
     tmp_path: Path,
@@ -131,7 +147,6 @@ async def test_export_returns_everything_held_and_consent_and_export_are_audited
     stack: DevStack,
 ) -> None:
     from app.audit import key_fingerprint, subject
-    from tests.integration.test_intelligence import topic_records
 
     await track(stack, {"userId": "ann", "event": "Product Added", "properties": {"product_id": "boots", "price": 80}})
     status, _ = await put_consent(stack, "ann", b'{"categoryPreferences": {"marketing": false}}')
@@ -150,12 +165,14 @@ async def test_export_returns_everything_held_and_consent_and_export_are_audited
     assert (await get_json(f"{stack.http}/v1/users/nobody/export", api_key=stack.api_key))[0] == 404
 
     async def audited() -> bool:
-        return len(await topic_records(stack, "nudge.audit")) == 2
+        return len(await topic_records(stack, "nudge.audit")) == 3
 
-    await wait_for(audited, timeout=10, what="two audit records")
+    await wait_for(audited, timeout=10, what="three audit records")
     records = sorted(await topic_records(stack, "nudge.audit"), key=lambda r: r["action"])
-    assert [r["action"] for r in records] == ["consent", "export"]
+    # The API's request, the worker's application of it, the export.
+    assert [r["action"] for r in records] == ["consent", "consent_applied", "export"]
     assert {r["subject"] for r in records} == {subject(stack.secret.encode(), "ann")}
-    assert {r["by"] for r in records} == {key_fingerprint(stack.api_key)}
+    assert [r["by"] for r in records] == [key_fingerprint(stack.api_key), "event:api", key_fingerprint(stack.api_key)]
+    assert records[1]["categoryPreferences"] == {"marketing": False}
     assert "ann" not in orjson.dumps(records).decode()  # no user id, no key
     assert stack.api_key not in orjson.dumps(records).decode()
