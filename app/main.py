@@ -81,6 +81,6 @@ audit_topic = app.topic(
 )
 
 # Registration: each module declares one thing on ``app``.
-from agents import catch_up, clock, commit, ingest, publish, reload, report  # noqa: E402, F401
+from agents import catch_up, clock, commit, gc, ingest, publish, reload, report  # noqa: E402, F401
 from app import api, collector  # noqa: E402, F401
 from tables import insights, messages, models, profiles  # noqa: E402, F401

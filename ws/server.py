@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 import os
@@ -41,6 +40,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from app.gc_tuning import tune_gc
 from app.keys import KeyStore
 from app.pii import encrypt_fields, has_personal_fields
 from app.settings import Settings
@@ -54,18 +54,6 @@ log = logging.getLogger(__name__)
 PRESENCE_REFRESH_S = delivery.DEFAULT_PRESENCE_TTL_S / 3
 #: A socket whose unsent bytes pass this is dropped: its client is not reading.
 MAX_BUFFERED_BYTES = 256 * 1024
-
-
-def tune_gc() -> None:
-    """Keep garbage collection pauses short on a server holding many long-lived objects.
-
-    Everything allocated at start-up (modules, settings, clients) moves to the permanent generation, and the
-    young-generation threshold goes from 700 to 50,000 allocations, so that the objects of a burst of pushes die
-    young instead of being promoted into the generations a full collection walks.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 class Gateway:
