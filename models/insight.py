@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from app.events import Event
 from models import labels, triggers
@@ -137,8 +137,9 @@ def on_event(
         shape = cluster_features(after, now)
         cluster = models.assign(shape)
         effects.append(LearnCluster(shape))
-    updated = replace(current, intent=intent, model_version=version, cluster=cluster, pending=pending, as_of_ms=now)
-    return _segments_and_triggers(updated, after, now, event.name, rules, effects)
+    return _segments_and_triggers(
+        current, after, now, event.name, rules, effects, Scored(intent, version, cluster, pending, now)
+    )
 
 
 def on_clock(
@@ -149,8 +150,9 @@ def on_clock(
         return _impersonal(insight, profile, now_ms, "", rules)
     pending, expired = labels.expire(insight.pending, now_ms, horizon_ms)
     effects: list[Effect] = list(expired)
-    updated = replace(insight, pending=pending, as_of_ms=max(insight.as_of_ms, now_ms))
-    return _segments_and_triggers(updated, profile, now_ms, "", rules, effects)
+    as_of = max(insight.as_of_ms, now_ms)
+    scored = Scored(insight.intent, insight.model_version, insight.cluster, pending, as_of)
+    return _segments_and_triggers(insight, profile, now_ms, "", rules, effects, scored)
 
 
 def personalised(profile: Profile, rules: Rules) -> bool:
@@ -161,8 +163,8 @@ def personalised(profile: Profile, rules: Rules) -> bool:
 
 
 def _impersonal(insight: Insight, profile: Profile, now: int, cause: str, rules: Rules) -> tuple[Insight, list[Effect]]:
-    forgotten = replace(insight, intent=None, model_version="", cluster=None, pending=(), as_of_ms=now)
-    return _segments_and_triggers(forgotten, profile, now, cause, rules, [], personal=False)
+    forgotten = Scored(None, "", None, (), now)
+    return _segments_and_triggers(insight, profile, now, cause, rules, [], forgotten, personal=False)
 
 
 def merge_insights(into: Insight | None, other: Insight) -> Insight:
@@ -200,6 +202,16 @@ def message_values(profile: Profile, values: Mapping[str, object]) -> dict[str, 
     return {**values, "top_cart_item": top, "recommended_item": recommended}
 
 
+class Scored(NamedTuple):
+    """The fields of an :class:`Insight` a transition sets before segments and triggers are evaluated."""
+
+    intent: float | None
+    model_version: str
+    cluster: int | None
+    pending: tuple[labels.Sample, ...]
+    as_of_ms: int
+
+
 def _segments_and_triggers(
     insight: Insight,
     profile: Profile,
@@ -207,11 +219,13 @@ def _segments_and_triggers(
     cause: str,
     rules: Rules,
     effects: list[Effect],
+    scored: Scored,
     *,
     personal: bool = True,
 ) -> tuple[Insight, list[Effect]]:
+    """``insight`` with ``scored`` and the segments and trigger state they lead to: one new value per transition."""
     segments = rules.segments
-    values = variables(profile, now_ms=now, event=cause, intent=insight.intent, cluster=insight.cluster)
+    values = variables(profile, now_ms=now, event=cause, intent=scored.intent, cluster=scored.cluster)
     members = segments.memberships(values) if personal else frozenset()
     entered, exited = transitions(frozenset(insight.segments), members)
     for name in entered:
@@ -243,4 +257,15 @@ def _segments_and_triggers(
             entered=entered,
         )
     effects.extend(decisions)
-    return replace(insight, segments=tuple(sorted(members)), recheck_ms=recheck, triggers=state), effects
+    # Every field named, built directly: dataclasses.replace costs twice as much, and this runs for every event.
+    updated = Insight(
+        intent=scored.intent,
+        model_version=scored.model_version,
+        segments=tuple(sorted(members)),
+        cluster=scored.cluster,
+        pending=scored.pending,
+        recheck_ms=recheck,
+        as_of_ms=scored.as_of_ms,
+        triggers=state,
+    )
+    return updated, effects

@@ -38,7 +38,8 @@ class Sample:
 
     @classmethod
     def of(cls, timestamp_ms: int, features: Features, *, score: float = 0.0, baseline: float = 0.0) -> Sample:
-        packed = tuple(round(features.get(name, 0.0) * SCALE) for name in FEATURE_NAMES)
+        value = features.get
+        packed = tuple([round(value(name, 0.0) * SCALE) for name in FEATURE_NAMES])
         extra = {k: v for k, v in features.items() if k not in _DENSE}
         return cls(timestamp_ms, packed, extra, score, baseline)
 

@@ -152,32 +152,46 @@ def record_steps(
     if profile is not None and partition == profile.source_partition and offset <= profile.source_offset:
         return []
     seen = list(profile.seen_ids) if profile is not None else []
-    steps: list[Step] = []
-    current = profile
+    fresh: list[Event] = []
     for event in events:
         id_hash = message_hash(event.message_id)
         if id_hash in seen:
             continue
         seen.append(id_hash)
+        fresh.append(event)
+    if not fresh:
+        return []
+    # Joined into the last step's changes: one profile built per event, none more per record.
+    position: dict[str, Any] = {
+        "source_partition": partition,
+        "source_offset": offset,
+        "seen_ids": tuple(seen[-MAX_SEEN_IDS:]),
+    }
+    last = fresh[-1]
+    steps: list[Step] = []
+    current = profile
+    for event in fresh:
         start = current or Profile(user_id=user_id)
         stated = _stated_consent(event.context)
-        consented = replace(start, consent=_merge_consent(start.consent, stated)) if stated else start
-        if granted(consented, "analytics", default_consent):
-            steps.append(Step(current, event, fold(start, event)))
-        else:
-            steps.append(Step(current, event, consented, profiled=False))
-        current = steps[-1].after
-    if steps:
-        last = steps[-1]
-        final = replace(
-            last.after, source_partition=partition, source_offset=offset, seen_ids=tuple(seen[-MAX_SEEN_IDS:])
-        )
-        steps[-1] = replace(last, after=final)
+        consent = _merge_consent(start.consent, stated) if stated else start.consent
+        # granted(), read from the consent as this event leaves it, without building that profile first.
+        profiled = consent.get("analytics", default_consent.get("analytics", False))
+        changes: dict[str, Any] = _changes(start, event) if profiled else {"consent": consent} if stated else {}
+        if event is last:
+            changes.update(position)
+        after = replace(start, **changes) if changes else start
+        steps.append(Step(current, event, after, profiled))
+        current = after
     return steps
 
 
 def fold(profile: Profile, event: Event) -> Profile:
     """Return ``profile`` with ``event`` applied (no idempotency guard: see :func:`record_steps`)."""
+    return replace(profile, **_changes(profile, event))
+
+
+def _changes(profile: Profile, event: Event) -> dict[str, Any]:
+    """The fields of ``profile`` that ``event`` changes, with their new values."""
     ts = event.timestamp_ms
     name = event.name
     props = event.properties
@@ -186,10 +200,8 @@ def fold(profile: Profile, event: Event) -> Profile:
         "last_seen_ms": max(profile.last_seen_ms, ts),
         "event_counts": _count(profile.event_counts, name),
     }
-    session, is_new = _next_session(profile.session, event)
     category = _category(props)
-    if name == "Product Viewed" and category is not None:
-        session = replace(session, category_views=_count(session.category_views, category, MAX_CATEGORIES))
+    session, is_new = _next_session(profile.session, event, category if name == "Product Viewed" else None)
     changes["session"] = session
     if is_new:
         changes["sessions"] = profile.sessions + 1
@@ -215,7 +227,7 @@ def fold(profile: Profile, event: Event) -> Profile:
         changes["consent"] = _merge_consent(profile.consent, stated)
     if event.type == "identify" and props:
         changes["traits"] = _merge_traits(profile.traits, props)
-    return replace(profile, **changes)
+    return changes
 
 
 def _merge_traits(current: Mapping[str, Any], stated: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,15 +303,20 @@ def decayed_affinity(profile: Profile, now_ms: int) -> dict[str, float]:
     return {category: round(score * factor, 4) for category, score in ranked}
 
 
-def _next_session(session: Session | None, event: Event) -> tuple[Session, bool]:
+def _next_session(session: Session | None, event: Event, viewed_category: str | None) -> tuple[Session, bool]:
+    """The session ``event`` belongs to, counting a view of ``viewed_category``; and whether it is a new one."""
     ts = event.timestamp_ms
     explicit = event.session_id
     if session is not None:
         same = explicit == session.id if explicit else ts - session.last_ms <= SESSION_GAP_MS
         if same:
-            return replace(session, last_ms=max(session.last_ms, ts), events=session.events + 1), False
+            views = session.category_views
+            if viewed_category is not None:
+                views = _count(views, viewed_category, MAX_CATEGORIES)
+            return Session(session.id, session.started_ms, max(session.last_ms, ts), session.events + 1, views), False
     session_id = explicit or f"{event.user_id}:{ts}"
-    return Session(id=session_id, started_ms=ts, last_ms=ts, events=1), True
+    views = _count({}, viewed_category, MAX_CATEGORIES) if viewed_category is not None else {}
+    return Session(session_id, ts, ts, 1, views), True
 
 
 def _cart_change(profile: Profile, props: Mapping[str, Any], ts: int, sign: int) -> dict[str, Any]:

@@ -139,3 +139,22 @@ def test_uci_rows_become_finite_session_features() -> None:
 def test_unknown_model_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown intent model kind"):
         IntentModel("magic")  # type: ignore[arg-type]
+
+
+def test_the_logistic_score_is_the_river_pipelines_number() -> None:
+    """The fused scoring path gives exactly River's ``predict_proba_one``, as the model learns: same sums, same order.
+
+    The stream has what the live features have: dense values, one-hot ``category=<k>`` keys that come and go, a
+    feature first seen late, a constant one (zero variance) and a heavy-tailed one the scaler clips.
+    """
+    rng = random.Random(5)
+    model = IntentModel()
+    for step in range(3000):
+        x = {"signal": rng.gauss(0, 1), "constant": 1.0, "heavy": rng.expovariate(0.1) * (50 if step % 97 == 0 else 1)}
+        if rng.random() < 0.4:
+            x[f"category={rng.randrange(8)}"] = 1.0
+        if step > 1500:
+            x["late"] = rng.random()
+        river = float(model._pipeline.predict_proba_one(dict(x)).get(True, 0.0))
+        assert model.score(x) == river
+        model.learn(x, x["signal"] + rng.gauss(0, 0.5) > 0.8)
