@@ -78,8 +78,10 @@ def validate(raw: object, *, now_ms: int, default_type: str | None = None) -> tu
     if default_type is not None and "type" not in event:
         event["type"] = default_type
     type_ = event.get("type")
-    if type_ not in EVENT_TYPES:
-        raise InvalidEvent(f"type must be one of {', '.join(sorted(EVENT_TYPES))}, not {type_!r:.40}")
+    if not isinstance(type_, str) or type_ not in EVENT_TYPES:
+        # A list or object is named, not shown: it is unhashable here, and the repr of a deep one overflows the stack.
+        shown = _json_type(type_) if isinstance(type_, (list, dict)) else f"{type_!r:.40}"
+        raise InvalidEvent(f"type must be one of {', '.join(sorted(EVENT_TYPES))}, not {shown}")
     if default_type is not None and type_ != default_type:
         raise InvalidEvent(f"type {type_!r} sent to the /v1/{default_type} endpoint")
 

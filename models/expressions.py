@@ -70,6 +70,8 @@ def compile_expression(source: str, *, known: Collection[str] | None = None) -> 
         raise ExpressionError(f"syntax error at {where}: {error.msg}") from None
     except (RecursionError, MemoryError):
         raise ExpressionError(f"the expression is nested more than {MAX_DEPTH} levels deep") from None
+    except UnicodeEncodeError:  # the parser reads UTF-8, which has no form for a lone surrogate
+        raise ExpressionError("the expression is not valid text (a lone surrogate)") from None
     names: set[str] = set()
     root = _Compiler(names, known).compile(tree.body, depth=0)
     return Expression(source, frozenset(names), root)
@@ -143,7 +145,7 @@ class _Compiler:
     def _Compare(self, node: ast.Compare, depth: int) -> Node:
         left = self.compile(node.left, depth)
         pairs = zip(node.ops, node.comparators, strict=True)
-        steps = [(_COMPARE[type(op)], self.compile(right, depth)) for op, right in pairs]
+        steps = [(self._comparison(op), self.compile(right, depth)) for op, right in pairs]
 
         def compare(v: Mapping[str, Value]) -> bool:
             current = left(v)
@@ -155,6 +157,12 @@ class _Compiler:
             return True
 
         return compare
+
+    def _comparison(self, op: ast.cmpop) -> Callable[[Value, Value], bool]:
+        check = _COMPARE.get(type(op))
+        if check is None:  # is, is not: identity means nothing to a rule author
+            raise ExpressionError(f"operator {type(op).__name__} is not allowed; use == != < <= > >= in, not in")
+        return check
 
     def _Constant(self, node: ast.Constant, depth: int) -> Node:
         value = node.value

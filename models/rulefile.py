@@ -19,7 +19,13 @@ class RuleFileError(ValueError):
 
 def compose(text: str, source: str, error: type[RuleFileError]) -> yaml.MappingNode:
     """The file's top-level mapping node, or ``error`` naming the line of the first YAML fault."""
-    if len(text.encode()) > MAX_FILE_BYTES:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError as problem:
+        # Text decoded with errors="surrogateescape" (or built in memory) can hold lone surrogates.
+        line = text.count("\n", 0, problem.start) + 1
+        raise error(f"{source}:{line}: not valid UTF-8 text (a lone surrogate)") from None
+    if size > MAX_FILE_BYTES:
         raise error(f"{source}:1: the file is over {MAX_FILE_BYTES} bytes")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -27,6 +33,9 @@ def compose(text: str, source: str, error: type[RuleFileError]) -> yaml.MappingN
         mark = getattr(problem, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise error(f"{source}:{line}: not valid YAML: {getattr(problem, 'problem', problem)}") from None
+    except RecursionError:
+        # PyYAML's composer recurses once per level of nesting; "[[[[..." a few hundred deep exhausts the stack.
+        raise error(f"{source}:1: nested too deeply") from None
     if not isinstance(root, yaml.MappingNode):
         raise error(f"{source}:1: expected a mapping at the top of the file")
     return root

@@ -123,8 +123,11 @@ def _segment(name: str, key: yaml.Node, node: yaml.Node, source: str, known: Col
         condition = compile_expression(when.value, known=known)
     except ExpressionError as error:
         raise SegmentFileError(f"{source}:{_line(when)}: segment {name!r}: {error}") from None
-    description = fields["description"][1].value if "description" in fields else ""
-    return Segment(name, condition, str(description))
+    description = fields["description"][1] if "description" in fields else None
+    if description is not None and not isinstance(description, yaml.ScalarNode):
+        # A list or mapping would be kept as the text of its nodes, which aliases can make exponentially long.
+        raise SegmentFileError(f"{source}:{_line(description)}: segment {name!r}: 'description' must be text")
+    return Segment(name, condition, description.value if description is not None else "")
 
 
 def _pairs(node: yaml.MappingNode, source: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:

@@ -30,6 +30,7 @@ to drop duplicates.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import string
@@ -111,7 +112,12 @@ class TriggerSet:
     cap_per_day: int
 
     def by_name(self, name: str) -> Trigger | None:
-        return next((t for t in self.triggers if t.name == name), None)
+        return self.named.get(name)
+
+    @functools.cached_property
+    def named(self) -> dict[str, Trigger]:
+        """The triggers by name (looked up for every armed deadline at every event of a user)."""
+        return {t.name: t for t in self.triggers}
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +172,8 @@ def on_event(
     now_ms: int,
 ) -> tuple[TriggerState, list[Decision]]:
     """An event of the user (already folded into ``values``): fire, arm, re-arm and cancel triggers."""
-    armed = {a.trigger: a for a in state.armed if rules.by_name(a.trigger) is not None}
+    named = rules.named
+    armed = {a.trigger: a for a in state.armed if a.trigger in named}
     due: list[tuple[Trigger, str]] = []
     for trigger in rules.triggers:
         if trigger.kind == "event" and trigger.subject == event:
@@ -180,7 +187,11 @@ def on_event(
                 armed.pop(trigger.name, None)
             elif event == trigger.subject:
                 armed[trigger.name] = Armed(trigger.name, now_ms + trigger.delay_ms, now_ms)
-    state = replace(state, armed=tuple(sorted(armed.values(), key=lambda a: (a.due_ms, a.trigger))))
+    rearmed = tuple(sorted(armed.values(), key=lambda a: (a.due_ms, a.trigger)))
+    day = now_ms // DAY_MS
+    # One new state with the day rolled over too: _decide then finds it current.
+    counted = state.counted_today if day == state.day else 0
+    state = TriggerState(rearmed, state.last_counted, day, counted)
     return _decide(state, rules, due, user_id=user_id, values=values, consent=consent, now_ms=now_ms)
 
 
@@ -426,10 +437,11 @@ def _duration(node: yaml.Node, source: str, where: str) -> int:
     match = _DURATION.match(str(text).strip())
     if not match:
         raise _refuse(source, node, f"{where}: expected a duration such as 90s, 15m, 2h or 1d")
-    ms = int(float(match.group(1)) * _UNIT_MS[match.group(2)])
-    if not 0 < ms <= MAX_DURATION_MS:
+    # Compared as a float first: a few hundred digits make it infinite, which int() refuses with OverflowError.
+    ms = float(match.group(1)) * _UNIT_MS[match.group(2)]
+    if not 1 <= ms <= MAX_DURATION_MS:
         raise _refuse(source, node, f"{where}: a duration is over 0 and at most 30d")
-    return ms
+    return int(ms)
 
 
 def _percent(node: yaml.Node, source: str, where: str) -> float:

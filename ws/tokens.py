@@ -92,8 +92,11 @@ def verify_token(secret: bytes, token: str, *, now: float) -> str:
     if version != VERSION or not _EXPIRY.fullmatch(expiry_part):
         raise TokenError(MALFORMED)
     user_bytes = _b64decode(user_part)
-    signature = _b64decode(signature_part)
-    if not hmac.compare_digest(signature, _sign(key, f"{version}.{user_part}.{expiry_part}")):
+    _b64decode(signature_part)  # for its shape: a malformed signature is refused as malformed
+    expected = _b64encode(_sign(key, f"{version}.{user_part}.{expiry_part}"))
+    # Compared as text, not as decoded bytes: decoding ignores the last character's unused low bits, so a byte
+    # comparison would accept other spellings of the same signature.
+    if not hmac.compare_digest(signature_part, expected):
         raise TokenError(BAD_SIGNATURE)
     if now >= int(expiry_part):
         raise TokenError(EXPIRED)

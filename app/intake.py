@@ -1,0 +1,91 @@
+"""The collector's pure core: what a Segment HTTP API request asks for, decided without I/O.
+
+:mod:`app.collector` reads the body (bounded by :func:`body_limit`), then calls :func:`parse_body`,
+:func:`check_write_key` and :func:`single_event` or :func:`batch_events`, and produces what they accept. A refused
+request is an :class:`HttpError` (status and reason, sent back as they are); a refused event is an
+:class:`~app.events.InvalidEvent` (a 400 with the reason, or one entry of a batch's ``rejected`` list).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from app.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, InvalidEvent, encode_event, normalise
+
+
+class HttpError(Exception):
+    """The request is refused with ``status``; ``str(error)`` is the reason for the sender."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def body_limit(event_type: str | None) -> int:
+    """The most bytes (after gzip inflation) a request to the endpoint of ``event_type`` may carry (``None``:
+    ``/v1/batch``); past it the collector answers 413."""
+    return MAX_BATCH_BYTES if event_type is None else MAX_EVENT_BYTES
+
+
+def parse_body(body: bytes) -> Any:
+    """The JSON in a request body, or :class:`HttpError` 400."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise HttpError(400, f"body is not valid JSON: {error}") from None
+
+
+def check_write_key(authorization: str, payload: Any, write_keys: Iterable[str]) -> None:
+    """Accept the write key sent as the HTTP Basic user (or as ``writeKey`` in the body), or :class:`HttpError` 401."""
+    key = basic_user(authorization)
+    if key is None and isinstance(payload, dict) and isinstance(payload.get("writeKey"), str):
+        key = payload["writeKey"]
+    if key is None:
+        raise HttpError(401, "missing write key: send it as the HTTP Basic user name")
+    if not any(hmac.compare_digest(key.encode(), known.encode()) for known in write_keys):
+        raise HttpError(401, "unknown write key")
+
+
+def basic_user(header: str) -> str | None:
+    """The user name of an HTTP Basic ``Authorization`` header; ``None`` for any other or a garbled one."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        user, _, _ = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text, which b64decode refuses
+        return None
+    return user or None
+
+
+def single_event(payload: Any, *, event_type: str, now_ms: int) -> dict[str, Any]:
+    """The event a ``/v1/<event_type>`` body holds, normalised and known to encode, or :class:`InvalidEvent`."""
+    event = normalise(payload, now_ms=now_ms, default_type=event_type)
+    event.pop("writeKey", None)
+    # normalise encodes only events without a messageId; one nested past orjson's 254 levels must be refused here.
+    encode_event(event)
+    return event
+
+
+def batch_events(payload: Any, *, now_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The accepted events of a ``/v1/batch`` body, and ``{"index", "message"}`` for each refused one.
+
+    Raises :class:`HttpError` 400 when the body is not an object with a ``batch`` array.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
+        raise HttpError(400, 'a batch body must be an object with a "batch" array')
+    accepted: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    for index, raw in enumerate(payload["batch"]):
+        try:
+            if len(encode_event(raw)) > MAX_EVENT_BYTES:
+                raise InvalidEvent(f"event is over the {MAX_EVENT_BYTES} byte limit")
+            accepted.append(normalise(raw, now_ms=now_ms))
+        except InvalidEvent as error:
+            rejected.append({"index": index, "message": str(error)})
+    return accepted, rejected
