@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from app.deadlines import PartitionClocks
 from app.learning import Learning
-from app.main import app, audit_topic, dlq_topic, events_topic, messages_topic, segments_topic, settings
+from app.main import app, audit_topic, dlq_topic, events_topic, messages_topic, metrics, segments_topic, settings
 from app.offsets import OffsetTracker, Verdict, read_range
 from app.pipeline import Pipeline
 from app.read_model import ReadModel
@@ -67,6 +67,7 @@ pipeline = Pipeline(
     clocks=PartitionClocks(settings.clock),
     partitions=settings.partitions,
     horizon_ms=settings.label_horizon_ms,
+    metrics=metrics,
 )
 
 
@@ -111,6 +112,7 @@ async def _process(topic: str, partition: int, offset: int, key: bytes | None, v
     )
     await pipeline.flush()
     for reject in plan.rejects:
+        metrics.rejected("ingest", reject.reason)
         await dlq_topic.send(
             key=key,
             value=reject.original,
@@ -119,10 +121,12 @@ async def _process(topic: str, partition: int, offset: int, key: bytes | None, v
     for user_id, raw in plan.misrouted:
         await events_topic.send(key=user_id.encode(), value=raw)
     offsets.processed(partition, offset)
+    events = plan.accepted + len(plan.rejects) + len(plan.misrouted)
+    metrics.events_in_topic.inc(events)
     ingest_stats.add(
         partition=partition,
         offset=offset,
-        events=plan.accepted + len(plan.rejects) + len(plan.misrouted),
+        events=events,
         folded=folded,
         rejected=len(plan.rejects),
         forwarded=len(plan.misrouted),

@@ -2,12 +2,12 @@
 
 ``GET /v1/users/{id}/profile`` and ``GET /v1/users/{id}/decision`` are answered by whichever worker owns the user's
 partition: Faust's table routing forwards the request there. ``GET /v1/models`` describes the models of the
-partitions this worker holds. Every route but ``/health`` needs ``Authorization: Bearer <api key>``.
+partitions this worker holds. ``GET /metrics`` serves :mod:`app.metrics`. Every route but ``/health`` needs
+``Authorization: Bearer <api key>``.
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -15,15 +15,19 @@ from typing import Any, cast
 from urllib.parse import quote
 
 import orjson
+from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
+from faust.types import TP
 from faust.web import Request, Response, View
 
-from agents.ingest import pipeline, read_model, rules
+from agents.ingest import offsets, pipeline, read_model, rules
 from app.audit import audit_record, subject
+from app.auth import has_api_key
 from app.collector import key_store, produce, produce_record
 from app.events import iso_from_ms, normalise
 from app.identity import Erase, erase_record
-from app.main import app, audit_topic, settings
+from app.main import app, audit_topic, events_topic, metrics, settings
+from app.metrics import CONTENT_TYPE, WorkerReading, consumer_lag
 from app.partitioning import partition_for
 from app.pii import Unreadable, decrypt_fields, is_token
 from app.stats import ingest_stats
@@ -45,10 +49,7 @@ def requires_api_key(handler: Handler) -> Handler:
 
     @wraps(handler)
     async def checked(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(key.encode(), known.encode()) for known in settings.api_keys
-        ):
+        if not has_api_key(request.headers.get("Authorization", ""), settings.api_keys):
             return view.json({"error": "missing or unknown API key (Authorization: Bearer <key>)"}, status=401)
         return await handler(view, request, *args, **kwargs)
 
@@ -260,6 +261,43 @@ async def get_models(view: View, request: Request) -> Response:
 async def get_stats(view: View, request: Request) -> Response:
     anonymous = pipeline.anonymous_counts
     return view.json({**ingest_stats.as_dict(), "profiles": len(profiles.data), "anonymous_events": anonymous})
+
+
+@app.page("/metrics")
+@requires_api_key
+async def get_metrics(view: View, request: Request) -> Response:
+    """This worker's metrics in the Prometheus text format (see :mod:`app.metrics`)."""
+    return view.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def _metrics_reading() -> WorkerReading:
+    """This worker's plain counters and its consumer lag, read when ``/metrics`` is scraped."""
+    highwaters = _held_highwaters()
+    positions = {p: offsets.expected.get(p, offsets.committed.get(p)) for p in highwaters}
+    return WorkerReading(
+        records=ingest_stats.records,
+        folded=ingest_stats.folded,
+        duplicates=ingest_stats.duplicates,
+        forwarded=ingest_stats.forwarded,
+        segment_changes=pipeline.segment_changes,
+        read_model_writes=read_model.written,
+        profiles=len(profiles.data),
+        partitions_held=len(highwaters),
+        lag=consumer_lag(highwaters, positions),
+    )
+
+
+def _held_highwaters() -> dict[int, int | None]:
+    """The ``nudge.events`` partitions this worker holds, with the high watermark its consumer last fetched."""
+    topic = events_topic.get_topic_name()
+    try:
+        held = [tp for tp in cast(set[TP], app.consumer.assignment()) if tp.topic == topic]
+        return {tp.partition: app.consumer.highwater(tp) for tp in held}
+    except ConsumerNotStarted:  # scraped while the worker starts
+        return {}
+
+
+metrics.read_at_scrape(_metrics_reading)
 
 
 @app.page("/health")

@@ -11,6 +11,8 @@ import os
 import faust
 
 from app import codecs
+from app.logs import logging_config
+from app.metrics import WorkerMetrics
 from app.settings import Settings
 
 settings = Settings.from_env(os.environ)
@@ -44,7 +46,11 @@ app = faust.App(
     # Records carry batches of events, so few records are buffered; a small buffer made Faust pause a partition
     # under backlog (after a restart) and, now and then, never resume it (measured: one of eight partitions stalled).
     stream_buffer_maxsize=65536,
+    # Faust (mode) sets logging up when the worker starts; text keeps its own format.
+    logging_config=logging_config(settings.log_level, "json") if settings.log_format == "json" else None,
 )
+#: This worker's Prometheus metrics, served at ``GET /metrics`` (app/api.py).
+metrics = WorkerMetrics()
 
 # acks=False: Nudge commits this topic's offsets itself, with no holes (app/offsets.py, agents/commit.py).
 events_topic = app.topic(

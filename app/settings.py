@@ -16,6 +16,7 @@ from typing import Literal
 from models.consent import PURPOSES
 
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
+LOG_FORMATS = ("text", "json")
 CLOCKS = ("wall", "event")
 INTENT_MODELS = ("logistic", "forest")
 MIN_SECRET_LENGTH = 16
@@ -54,6 +55,8 @@ class Settings:
     producer_linger_ms: int = 10
     collector_linger_ms: int = 5
     log_level: str = "info"
+    #: ``text``, or ``json``: one JSON object per log line (``app.logs``).
+    log_format: str = "text"
     #: Signs model snapshots and websocket tokens. Required; at least 16 characters.
     secret: str = ""
     segments_file: str = "segments.yaml"
@@ -112,6 +115,7 @@ class Settings:
             "producer_linger_ms": _int(env, "NUDGE_PRODUCER_LINGER_MS", defaults.producer_linger_ms, 0, 1000),
             "collector_linger_ms": _int(env, "NUDGE_COLLECTOR_LINGER_MS", defaults.collector_linger_ms, 0, 1000),
             "log_level": (env.get("NUDGE_LOG_LEVEL") or defaults.log_level).lower(),
+            "log_format": (env.get("NUDGE_LOG_FORMAT") or defaults.log_format).lower(),
             "secret": env.get("NUDGE_SECRET", ""),
             "segments_file": env.get("NUDGE_SEGMENTS_FILE") or defaults.segments_file,
             "content_file": env.get("NUDGE_CONTENT_FILE") or defaults.content_file,
@@ -169,6 +173,8 @@ class Settings:
             raise SettingsError(f"NUDGE_INTENT_MODEL={self.intent_model!r}: expected one of {', '.join(INTENT_MODELS)}")
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"NUDGE_LOG_LEVEL={self.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"NUDGE_LOG_FORMAT={self.log_format!r}: expected one of {', '.join(LOG_FORMATS)}")
         if self.store != "memory://":
             # RocksDB picks its per-partition database from Faust's current event, and Nudge also writes tables
             # outside one (when it reads skipped records itself): not supported until that is solved.

@@ -36,7 +36,7 @@ class Deliverer:
         self.settings = settings
         self.redis = redis
         self.inbox_ttl_s = inbox_ttl_s
-        self.counts = {"delivered": 0, "published": 0, "suppressed": 0, "stale": 0, "malformed": 0}
+        self.counts = {"delivered": 0, "published": 0, "batches": 0, "suppressed": 0, "stale": 0, "malformed": 0}
         self._consumer = AIOKafkaConsumer(
             settings.messages_topic,
             bootstrap_servers=settings.bootstrap_servers,
@@ -102,5 +102,6 @@ class Deliverer:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             self.counts["delivered"] += len(messages)
+            self.counts["batches"] += 1
             self.counts["published"] += published
             return

@@ -9,6 +9,7 @@ Paths::
     GET /v1/ws?token=<token>      websocket upgrade; 401 with the reason when the token is missing, forged or expired
     GET /nudge.js                 the browser SDK
     GET /health                   {"node", "connections", "users"}
+    GET /metrics                  Prometheus text format (:mod:`app.metrics`); needs ``Authorization: Bearer <api key>``
     GET /store/, /store/<file>    the demo store (only with ``demo_store``)
     GET /store/session[?user=]    the demo store's stand-in for a shop backend: a token for a ``demo-*`` user
                                   (only with ``demo_store``; in production the shop's backend calls POST /v1/ws-token)
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +30,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from app.auth import has_api_key
+from app.metrics import CONTENT_TYPE
 from ws.tokens import DEFAULT_TTL_S, TokenError, issue_token, verify_token
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
@@ -62,12 +65,23 @@ def _error(status: int, reason: str) -> Respond:
 
 
 class Routes:
-    """Routes one gateway's HTTP requests. ``stats`` returns the body of ``/health``."""
+    """Routes one gateway's HTTP requests. ``stats`` returns the body of ``/health``, ``metrics`` that of
+    ``/metrics`` (not served without it); ``api_keys`` may read ``/metrics`` (none: nobody may)."""
 
-    def __init__(self, *, secret: bytes, demo_store: bool, stats: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        *,
+        secret: bytes,
+        demo_store: bool,
+        stats: Callable[[], Mapping[str, Any]],
+        api_keys: Collection[str] = frozenset(),
+        metrics: Callable[[], bytes] | None = None,
+    ) -> None:
         self._secret = secret
         self._demo_store = demo_store
         self._stats = stats
+        self._api_keys = api_keys
+        self._metrics = metrics
         self._files: dict[str, Respond] = {"/nudge.js": _static(STATIC_DIR / "nudge.js")}
         if demo_store:
             store = STATIC_DIR / "store"
@@ -84,6 +98,10 @@ class Routes:
             return self._upgrade(query, headers, now)
         if parts.path == "/health":
             return Respond(200, orjson.dumps(dict(self._stats())), headers={"Cache-Control": "no-store"})
+        if parts.path == "/metrics" and self._metrics is not None:
+            if not has_api_key(headers.get("Authorization", ""), self._api_keys):
+                return _error(401, "missing or unknown API key (Authorization: Bearer <key>)")
+            return Respond(200, self._metrics(), CONTENT_TYPE, {"Cache-Control": "no-store"})
         if parts.path == "/store" and self._demo_store:
             return Respond(308, b"", headers={"Location": "/store/"})
         if parts.path == "/store/session" and self._demo_store:

@@ -1,0 +1,176 @@
+"""``GET /metrics`` on a running worker and gateway: the counters match what was sent, the key is required, and
+``NUDGE_LOG_FORMAT=json`` makes both processes log one JSON object per line.
+
+The traffic is made the real way: events through the collector (good, bad, and with a wrong write key), malformed
+records straight into ``nudge.events``, and a browser tab whose events fire a trigger that is first suppressed (no
+marketing consent) and then sent, pushed and acked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.devstack import DevStack
+from tests.integration.conftest import wait_for
+from tests.integration.test_consent import outcomes
+from tests.integration.test_gateway import tab, token_for
+from tests.integration.test_intelligence import rule_files
+
+pytestmark = pytest.mark.integration
+
+TRIGGERS = """\
+triggers:
+  help_offer:
+    when: {event: Help Wanted}
+    message: {title: "Need a hand?"}
+    consent: marketing
+"""
+STAMP = "2026-11-20T10:00:00.000Z"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(url: str, api_key: str | None) -> tuple[int, str, str]:
+    """``GET {url}/metrics``: status, content type and body."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with aiohttp.ClientSession(headers=headers) as session, session.get(f"{url}/metrics") as response:
+        return response.status, response.headers.get("Content-Type", ""), await response.text()
+
+
+async def samples(url: str, api_key: str) -> Samples:
+    status, content_type, body = await scrape(url, api_key)
+    assert status == 200, body
+    assert content_type.startswith("text/plain; version=0.0.4"), content_type
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def value(scraped: Samples, name: str, **labels: str) -> float | None:
+    return scraped.get((name, frozenset(labels.items())))
+
+
+async def post(stack: DevStack, path: str, body: Any, write_key: str) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(auth=aiohttp.BasicAuth(write_key, "")) as session,
+        session.post(f"{stack.http}{path}", json=body) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+def viewed(user: str, n: int) -> dict[str, Any]:
+    return {"type": "track", "userId": user, "event": "Product Viewed", "messageId": f"{user}-{n}", "timestamp": STAMP}
+
+
+async def test_metrics_count_what_was_sent_and_need_the_api_key(tmp_path: Path) -> None:
+    env = {
+        **rule_files(tmp_path, triggers=TRIGGERS),
+        "NUDGE_DEFAULT_CONSENT": "analytics,personalization",  # marketing is opt-in: the first offer is suppressed
+        "NUDGE_LOG_FORMAT": "json",
+    }
+    async with DevStack(root=tmp_path / "stack", keep_files=True, extra_env=env) as stack:
+        worker, gateway = stack.http, stack.gateway.url
+
+        # The key is required on both, /health stays open.
+        for url in (worker, gateway):
+            assert (await scrape(url, None))[0] == 401
+            assert (await scrape(url, "ak_not-a-key"))[0] == 401
+            async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as response:
+                assert response.status == 200
+
+        # Collector: 4 good and 2 bad events in a batch, one good single event, one request with a wrong key.
+        batch = [viewed(f"u{i}", 1) for i in range(4)]
+        batch += [{"type": "track", "event": "Product Viewed"}, {**viewed("u9", 1), "timestamp": "yesterday"}]
+        status, answer = await post(stack, "/v1/batch", {"batch": batch}, stack.write_key)
+        assert (status, answer.get("accepted")) == (200, 4), answer
+        assert (await post(stack, "/v1/track", viewed("u5", 1), stack.write_key))[0] == 200
+        assert (await post(stack, "/v1/track", viewed("u6", 1), "wk_wrong"))[0] == 401
+
+        # Straight into the topic: two records that are not JSON, one of the wrong shape, one event without a user.
+        producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap)
+        await producer.start()
+        try:
+            for raw in (b"not json", b"{also not", b'{"batch": 5}', b'{"type": "track", "event": "Product Viewed"}'):
+                await producer.send_and_wait("nudge.events", raw, partition=0)
+        finally:
+            await producer.stop()
+
+        async with tab(stack.gateway, await token_for(stack, "ann")) as ann:
+            await ann.track("Help Wanted")
+            assert await outcomes(stack, "ann", 1) == [("help_offer", "consent")]
+            await ann.socket.send(
+                orjson.dumps({"type": "consent", "categoryPreferences": {"marketing": True}}).decode()
+            )
+            await ann.track("Help Wanted")
+            [pushed] = await ann.wait_for_messages(1)
+            await ann.ack(pushed["id"])
+            assert [m["id"] for m in await ann.drain()] == [pushed["id"]]  # the ping's pong is not a push
+
+            async def acked() -> bool:
+                return value(await samples(gateway, stack.api_key), "nudge_pushes_acked_total") == 1
+
+            await wait_for(acked, timeout=20, what="the ack counted by the gateway")
+            at_gateway = await samples(gateway, stack.api_key)
+
+        # 5 collector events, 4 records straight into the topic, 3 from the tab (two tracks, one consent change).
+        async def all_read() -> bool:
+            return value(await samples(worker, stack.api_key), "nudge_events_in_total", source="topic") == 12
+
+        await wait_for(all_read, timeout=30, what="the worker to read every event")
+        at_worker = await samples(worker, stack.api_key)
+
+        assert value(at_worker, "nudge_events_in_total", source="http") == 5
+        assert value(at_worker, "nudge_events_folded_total") == 8  # 5 collector events and ann's 3
+        rejected = {
+            (dict(labels)["stage"], dict(labels)["reason"]): count
+            for (name, labels), count in at_worker.items()
+            if name == "nudge_events_rejected_total"
+        }
+        assert rejected == {
+            ("collector", "no_user"): 1,
+            ("collector", "timestamp"): 1,
+            ("collector", "write_key"): 1,
+            ("ingest", "not_json"): 2,
+            ("ingest", "shape"): 1,
+            ("ingest", "no_user"): 1,
+        }
+        triggers = {labels: count for (name, labels), count in at_worker.items() if name == "nudge_triggers_total"}
+        assert triggers == {
+            frozenset({"trigger": "help_offer", "outcome": "suppressed", "reason": "consent"}.items()): 1,
+            frozenset({"trigger": "help_offer", "outcome": "sent", "reason": "none"}.items()): 1,
+        }
+        lag = {labels: left for (name, labels), left in at_worker.items() if name == "nudge_consumer_lag"}
+        assert lag and set(lag.values()) == {0}, lag  # everything read was processed
+        records = value(at_worker, "nudge_records_total")
+        assert records is not None
+        for histogram in ("nudge_fold_seconds", "nudge_score_seconds"):
+            observed = value(at_worker, f"{histogram}_count")
+            assert observed is not None and 1 <= observed <= records, (histogram, observed, records)
+            assert (value(at_worker, f"{histogram}_sum") or 0) > 0
+            assert value(at_worker, f"{histogram}_bucket", le="+Inf") == observed
+
+        assert value(at_gateway, "nudge_sockets_open") == 1
+        assert value(at_gateway, "nudge_sockets_opened_total") == 1
+        assert value(at_gateway, "nudge_pushes_delivered_total") == 1
+        assert value(at_gateway, "nudge_pushes_acked_total") == 1
+        assert value(at_gateway, "nudge_events_in_total", source="websocket") == 3
+        assert value(at_gateway, "nudge_inbox_writes_total") == 1
+        assert value(at_gateway, "nudge_decisions_not_pushed_total", reason="suppressed") == 1
+
+        async def closed() -> bool:
+            return value(await samples(gateway, stack.api_key), "nudge_sockets_open") == 0
+
+        await wait_for(closed, timeout=10, what="the closed tab to leave the open-socket gauge")
+
+    for log in ("worker-0.log", "gateway-0.log"):
+        lines = [orjson.loads(line) for line in (tmp_path / "stack" / log).read_text().splitlines() if line.strip()]
+        assert lines, log
+        assert all({"ts", "level", "logger", "message", "process"} <= set(line) for line in lines), log
