@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test chromium bench lint clean
+.PHONY: demo test chromium bench faults lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/nudge bench --events 100000 --runs 3 --json
 	$(BIN)/nudge bench --decision --rate 500 --seconds 10 --runs 3 --json
 	$(BIN)/nudge bench --e2e --clients 500 --rate 500 --seconds 10 --runs 3 --json
+
+# Every fault at full size (CI runs the same faults at a reduced size in tests/integration/test_faults.py).
+faults: $(STAMP)
+	$(BIN)/nudge faults --size 20000
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,6 +5,10 @@ agent (no error, no log) while the consumer had already seen that partition's hi
 this timer compares each partition's processed position with that high watermark; a partition that is behind and
 made no progress since the last tick is read directly (``agents.ingest.read_directly``). When the agent sees those
 records later, the offset tracker marks them as already done. A healthy worker never reads anything here.
+
+Nothing is read while the group rebalances: the partitions may be on their way to another worker, and what this one
+processed after the revocation would be work its successor skips as done (measured by ``nudge faults --only
+worker-sigterm-rebalance``: learning done after the revocation's model snapshot was lost).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ _position_at_last_check: dict[int, int] = {}
 
 @app.timer(CHECK_EVERY_S, name="catch_up_stalled_partitions")
 async def catch_up_stalled_partitions() -> None:
+    if app.rebalancing:
+        return
     topic = events_topic.get_topic_name()
     for partition, position in list(offsets.expected.items()):
         previous = _position_at_last_check.get(partition)
@@ -40,5 +46,5 @@ async def catch_up_stalled_partitions() -> None:
             "partition %s/%d stalled at %d (high watermark %d); reading directly", topic, partition, position, highwater
         )
         async with processing:
-            if offsets.expected.get(partition) == position:
+            if not app.rebalancing and offsets.expected.get(partition) == position:
                 await read_directly(topic, partition, position, end)

@@ -4,11 +4,16 @@ Faust's own acking is off for the events topic (see :mod:`app.offsets` for why).
 the producer has delivered everything queued so far (changelog batches, DLQ records, forwards, and the snapshots of
 models that learned since the last commit), then commits, per partition, the offset after the last record
 processed contiguously -- quix-streams' checkpoint order.
+
+The model snapshots are also written when the group takes partitions away (a rebalance) and before a clean shutdown
+(SIGTERM): otherwise the next owner would continue the models from the previous snapshot while skipping, as already
+folded, the records that taught them the rest (measured by ``nudge faults --only worker-sigterm-rebalance``).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from faust.types import TP
 
@@ -23,16 +28,11 @@ COMMIT_INTERVAL_S = 1.0
 @app.timer(COMMIT_INTERVAL_S, name="commit_events_offsets")
 async def commit_events_offsets() -> None:
     pending = offsets.committable()
-    async with processing:
-        held = pipeline.held
-        snapshots = {p: s for p, s in pipeline.learning.snapshots().items() if p in held}
-        for partition, (_, snapshot) in snapshots.items():
-            snapshot_writer.put(str(partition), snapshot, partition=partition)
-        await snapshot_writer.flush()
-    if not pending and not snapshots:
+    snapshotted = await _snapshot_models()
+    if not pending and not snapshotted:
         return
     await app.producer.flush()
-    pipeline.learning.delivered({p: learned for p, (learned, _) in snapshots.items()})
+    pipeline.learning.delivered(snapshotted)
     if not pending:
         return
     topic = events_topic.get_topic_name()
@@ -47,3 +47,32 @@ async def commit_events_offsets() -> None:
         return
     if committed:
         offsets.mark_committed({tp.partition: o for tp, o in to_commit.items()})
+
+
+async def _snapshot_models() -> dict[int, int]:
+    """Queue a snapshot of each held partition's models that learned since the last; ``partition -> learned``."""
+    async with processing:
+        held = pipeline.held
+        snapshots = {p: s for p, s in pipeline.learning.snapshots().items() if p in held}
+        for partition, (_, snapshot) in snapshots.items():
+            snapshot_writer.put(str(partition), snapshot, partition=partition)
+        await snapshot_writer.flush()
+    return {p: learned for p, (learned, _) in snapshots.items()}
+
+
+async def _deliver_snapshots(*_: Any, **__: Any) -> None:
+    """Before the partitions move (a rebalance) or the worker stops: snapshot the models and wait for delivery.
+
+    No offset commit here: the next owner re-reads the uncommitted records and skips them as folded.
+    """
+    try:
+        snapshotted = await _snapshot_models()
+        if snapshotted:
+            await app.producer.flush()
+            pipeline.learning.delivered(snapshotted)
+    except Exception as error:  # then only the learning since the last snapshot is lost, as after a crash
+        log.warning("model snapshot before a rebalance or shutdown failed: %r", error)
+
+
+app.on_partitions_revoked.connect(_deliver_snapshots)
+app.on_before_shutdown.connect(_deliver_snapshots)

@@ -7,34 +7,26 @@ Nudge just work. Valid events are produced to ``nudge.events`` in batch envelope
 
 Responses: 200 ``{"success": true}`` (a batch also reports ``rejected`` events by index, the good ones are kept);
 400 with a reason for malformed JSON or an invalid event; 401 for a missing or wrong write key; 413 past 32 KB per
-event or 500 KB per batch.
+event or 500 KB per batch; 503 for events with personal fields while Redis (which holds their keys) is away.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import time
 from typing import Any, cast
 
-import orjson
 from aiohttp import web
 from faust.web import Request, Response, View
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.batching import PartitionBatcher
-from app.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, InvalidEvent, encode_event, normalise, user_key
+from app.events import InvalidEvent, encode_event, user_key
+from app.intake import HttpError, batch_events, body_limit, check_write_key, parse_body, single_event
 from app.keys import KeyStore
-from app.main import app, events_topic, settings
+from app.main import app, events_topic, metrics, settings
 from app.partitioning import partition_for
 from app.pii import encrypt_fields, has_personal_fields
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 async def _send(partition: int, value: bytes) -> Any:
@@ -52,36 +44,34 @@ class _CollectorView(View):
 
     async def post(self, request: Request) -> Response:
         try:
-            body = await _read_body(request, MAX_BATCH_BYTES if self.event_type is None else MAX_EVENT_BYTES)
-            payload = _parse_json(body)
-            _authenticate(request, payload)
+            body = await _read_body(request, body_limit(self.event_type))
+            payload = parse_body(body)
+            check_write_key(request.headers.get("Authorization", ""), payload, settings.write_keys)
             now_ms = int(time.time() * 1000)
             if self.event_type is None:
                 return await self._batch(payload, now_ms)
-            event = normalise(payload, now_ms=now_ms, default_type=self.event_type)
-            event.pop("writeKey", None)
-            await produce([event])
+            await produce([single_event(payload, event_type=self.event_type, now_ms=now_ms)])
+            metrics.events_in_http.inc()
             return self.json({"success": True})
         except HttpError as error:
+            metrics.rejected("collector", str(error))
             return self.json({"success": False, "message": str(error)}, status=error.status)
         except InvalidEvent as error:
+            metrics.rejected("collector", str(error))
             return self.json({"success": False, "message": str(error)}, status=400)
+        except RedisError:
+            # Only events with personal fields need Redis (their user's key), and nothing was produced: retryable.
+            message = "personal fields cannot be encrypted now: the key store (Redis) is unavailable; retry later"
+            return self.json({"success": False, "message": message}, status=503)
 
     async def _batch(self, payload: Any, now_ms: int) -> Response:
-        if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
-            raise HttpError(400, 'a batch body must be an object with a "batch" array')
-        accepted: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
-        for index, raw in enumerate(payload["batch"]):
-            try:
-                if len(encode_event(raw)) > MAX_EVENT_BYTES:
-                    raise InvalidEvent(f"event is over the {MAX_EVENT_BYTES} byte limit")
-                accepted.append(normalise(raw, now_ms=now_ms))
-            except InvalidEvent as error:
-                rejected.append({"index": index, "message": str(error)})
+        accepted, rejected = batch_events(payload, now_ms=now_ms)
+        for refused in rejected:
+            metrics.rejected("collector", refused["message"])
         if not accepted and rejected:
             return self.json({"success": False, "message": "no valid event", "rejected": rejected}, status=400)
         await produce(accepted)
+        metrics.events_in_http.inc(len(accepted))
         response: dict[str, Any] = {"success": True}
         if rejected:
             response.update(accepted=len(accepted), rejected=rejected)
@@ -122,41 +112,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise HttpError(413, f"body of {declared} bytes is over the {limit} byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):  # type: ignore[attr-defined]
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"body is over the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):  # type: ignore[attr-defined]
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"body is over the {limit} byte limit")
+            chunks.append(chunk)
+    except web.RequestPayloadError as error:
+        # A body that does not inflate as its Content-Encoding says, or breaks its chunked framing: the sender's fault.
+        raise HttpError(400, f"body cannot be read: {' '.join(str(error).split())}") from None
     # aiohttp inflates gzip bodies as they stream in, so the limit counts inflated bytes (no zip bombs).
     return b"".join(chunks)
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise HttpError(400, f"body is not valid JSON: {error}") from None
-
-
-def _authenticate(request: Request, payload: Any) -> None:
-    key = _basic_user(request.headers.get("Authorization", ""))
-    if key is None and isinstance(payload, dict) and isinstance(payload.get("writeKey"), str):
-        key = payload["writeKey"]
-    if key is None:
-        raise HttpError(401, "missing write key: send it as the HTTP Basic user name")
-    if not any(hmac.compare_digest(key.encode(), known.encode()) for known in settings.write_keys):
-        raise HttpError(401, "unknown write key")
-
-
-def _basic_user(header: str) -> str | None:
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        return None
-    try:
-        user, _, _ = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return user or None
 
 
 def _endpoint(event_type: str | None) -> type[_CollectorView]:

