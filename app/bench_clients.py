@@ -1,4 +1,5 @@
-"""``python -m app.bench_clients``: the websocket clients of ``nudge bench --e2e``, in a process of their own.
+"""``python -m app.bench_clients``: the websocket clients of ``nudge bench --e2e`` and ``--soak``, in a process of
+their own.
 
 A load generator with its own CPU and GIL, so that receiving pushes never competes with the producer whose send
 times it is measured against. It opens ``--clients`` sockets to a gateway as the users :func:`bench_user` names
@@ -7,9 +8,9 @@ handshakes at a time, and makes sure each is registered (a ping answered by a po
 before it reads frames). Every pushed message is acked like the browser SDK does, and recorded with its receive
 time (``time.time()``, comparable with the other processes on the machine).
 
-Talk to it over its standard streams: it prints one JSON line on stdout when the sockets are open
-(``{"ready": true, "connected": [user index, ...], "failed": n}``), then answers each line read on stdin with one
-JSON line:
+Talk to it over its standard streams (:class:`ClientProcess` does, from the bench's process): it prints one JSON
+line on stdout when the sockets are open (``{"ready": true, "connected": [user index, ...], "failed": n}``), then
+answers each line read on stdin with one JSON line:
 
 - ``messages``: ``{"messages": [[user index, message id, receive time, payload timestamp], ...]}``, the messages
   received since the last ``messages``;
@@ -225,6 +226,82 @@ class Clients:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+
+
+class ClientProcess:
+    """This module in a child process, driven from the bench's side; ``connected`` lists the client indexes whose
+    socket is open. Use it as an async context manager: the process has opened its sockets on entry and is gone on
+    exit."""
+
+    def __init__(self, url: str, secret: str, clients: int, *, max_seconds: float) -> None:
+        self.url = url
+        self.secret = secret
+        self.clients = clients
+        self.max_seconds = max_seconds
+        self.connected: list[int] = []
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> ClientProcess:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app.bench_clients",
+            "--url",
+            self.url,
+            "--clients",
+            str(self.clients),
+            "--max-seconds",
+            str(self.max_seconds),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, SECRET_ENV: self.secret},
+            limit=256 * 1024 * 1024,  # a report is one line
+        )
+        try:
+            ready = await self._read(timeout=120 + self.clients / 20)
+            self.connected = list(ready["connected"])
+            print(
+                f"bench clients: {len(self.connected):,} of {self.clients:,} connected, {ready['failed']} failed",
+                file=sys.stderr,
+                flush=True,
+            )
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
+
+    async def ask(self, command: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Send one command (``messages``, ``stats``) and return the answer."""
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.write(command.encode() + b"\n")
+        await self._process.stdin.drain()
+        return await self._read(timeout=timeout)
+
+    async def _read(self, *, timeout: float) -> dict[str, Any]:
+        assert self._process is not None and self._process.stdout is not None
+        line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"the bench clients exited with {await self._process.wait()}; see stderr")
+        answer: dict[str, Any] = orjson.loads(line)
+        return answer
+
+    async def _stop(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ConnectionError):
+            assert process.stdin is not None
+            process.stdin.write(b"quit\n")
+            await process.stdin.drain()
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -72,39 +72,62 @@ async def run(*, rate: float, seconds: float, runs: int, users: int, events: int
     }
 
 
+class OpenLoop:
+    """GET requests at ``rate`` per second, open-loop: request ``i`` is due at ``start + i / rate`` whatever happened
+    to the earlier ones, and its latency is measured from that due time. :meth:`run` for a while, and meanwhile or
+    afterwards :meth:`take` what was answered."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: Callable[[], str], *, rate: float) -> None:
+        self.session = session
+        self.url = url
+        self.rate = rate
+        self._latencies: list[float] = []
+        self._errors = 0
+
+    async def run(self, seconds: float) -> float:
+        """Send ``rate * seconds`` requests, wait for their answers and return the rate achieved."""
+        total = int(self.rate * seconds)
+        pending: set[asyncio.Task[None]] = set()
+        start = time.perf_counter()
+        for index in range(total):
+            due = start + index / self.rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(self._one(due, self.url()))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+        return total / (time.perf_counter() - start)
+
+    def take(self) -> tuple[list[float], int]:
+        """Latencies (seconds from due time) of the requests answered with 200, and the errors, since the last call."""
+        latencies, errors = self._latencies, self._errors
+        self._latencies, self._errors = [], 0
+        return latencies, errors
+
+    async def _one(self, due: float, target: str) -> None:
+        try:
+            async with self.session.get(target) as response:
+                await response.read()
+                if response.status != 200:
+                    self._errors += 1
+                    return
+        except aiohttp.ClientError:
+            self._errors += 1
+            return
+        self._latencies.append(time.perf_counter() - due)
+
+
 async def _open_loop(
     session: aiohttp.ClientSession, url: Callable[[], str], *, rate: float, seconds: float
 ) -> dict[str, Any]:
-    total = int(rate * seconds)
-    latencies: list[float] = []
-    errors = 0
-
-    async def one(due: float, target: str) -> None:
-        nonlocal errors
-        try:
-            async with session.get(target) as response:
-                await response.read()
-                if response.status != 200:
-                    errors += 1
-                    return
-        except aiohttp.ClientError:
-            errors += 1
-            return
-        latencies.append(time.perf_counter() - due)
-
-    start = time.perf_counter()
-    tasks = []
-    for index in range(total):
-        due = start + index / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(due, url())))
-    await asyncio.gather(*tasks)
-    achieved = total / (time.perf_counter() - start)
+    requests = OpenLoop(session, url, rate=rate)
+    achieved = await requests.run(seconds)
+    latencies, errors = requests.take()
     latencies.sort()
     return {
-        "requests": total,
+        "requests": int(rate * seconds),
         "achieved_rate": round(achieved, 1),
         "errors": errors,
         "p50_ms": _percentile_ms(latencies, 0.50),

@@ -48,14 +48,16 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.bench_clients import SECRET_ENV, GcPauses, bench_user
+from app.bench_clients import ClientProcess, GcPauses, bench_user
+from app.bench_processes import cpu_percent, cpu_seconds
 from app.devstack import DevStack, create_topic
 from app.events import iso_from_ms
 from app.offsets import read_range
@@ -93,8 +95,8 @@ CATEGORIES = ("shoes", "bags", "shirts", "jackets", "hats", "socks", "watches", 
 
 
 async def run(*, clients: int, rate: float, seconds: float, runs: int) -> dict[str, Any]:
-    _check_load(clients=clients, rate=rate, seconds=seconds, runs=runs)
-    _raise_open_files_limit(clients)
+    check_load(clients=clients, rate=rate, seconds=seconds, runs=runs)
+    raise_open_files_limit(clients)
     e2e_runs, baseline_runs, connected = [], [], []
     for index in range(runs):
         _say(f"run {index + 1}/{runs}: starting a fresh stack and {clients:,} clients")
@@ -113,7 +115,38 @@ async def _run_once(
     *, clients: int, rate: float, seconds: float, label: str
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """One run on a fresh stack: the baseline, a warm-up, then the measured run. Returns both and the clients."""
-    root = Path("var") / f"bench-e2e-{os.getpid()}-{secrets.token_hex(3)}"
+    budget_s = 300 + 3 * seconds + 2 * DRAIN_TIMEOUT_S
+    async with probe_rig(clients=clients, rate=rate, budget_s=budget_s, name="bench-e2e") as rig:
+        bench = _Bench(rig)
+        bench.gc.start()
+        try:
+            _say(f"{label}: baseline, {rate:,.0f} events/s for {seconds:,.0f} s through one Kafka hop")
+            baseline = await bench.baseline_run(label, seconds)
+            _say(f"{label}: warming up for {WARM_UP_S:.0f} s")
+            await bench.e2e_run("warm-up", WARM_UP_S)
+            _say(f"{label}: {rate:,.0f} events/s for {seconds:,.0f} s to {len(rig.users):,} users")
+            e2e = await bench.e2e_run(label, seconds)
+        finally:
+            bench.gc.stop()
+    return e2e, baseline, len(rig.users)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRig:
+    """What :func:`probe_rig` starts: the stack, its connected websocket clients (``users``) and their producer."""
+
+    stack: DevStack
+    clients: ClientProcess
+    users: list[str]
+    events: ProbeProducer
+
+
+@contextlib.asynccontextmanager
+async def probe_rig(*, clients: int, rate: float, budget_s: float, name: str) -> AsyncIterator[ProbeRig]:
+    """A fresh stack (one worker, one gateway) whose only trigger fires on every ``TRIGGER_EVENT`` (files under
+    ``var/<name>-...``), ``clients`` websocket clients in their own process that stay up at most ``budget_s``, and a
+    :class:`ProbeProducer` of ``rate`` events/s for the connected clients' users. Everything stops on exit."""
+    root = Path("var") / f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
     root.mkdir(parents=True, exist_ok=True)
     triggers = root / "bench-triggers.yaml"
     triggers.write_text(TRIGGERS)
@@ -123,109 +156,33 @@ async def _run_once(
     }
     async with DevStack(workers=1, gateways=1, root=root, extra_env=env) as stack:
         url = f"ws://127.0.0.1:{stack.gateway.port}/v1/ws"
-        budget_s = 300 + 3 * seconds + 2 * DRAIN_TIMEOUT_S
         async with ClientProcess(url, stack.secret, clients, max_seconds=budget_s) as client_process:
             users = [bench_user(index) for index in client_process.connected]
             if not users:
                 raise RuntimeError(f"no websocket client could connect; see the gateway log in {root}")
             producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap, linger_ms=PRODUCER_LINGER_MS)
             await producer.start()
-            bench = _Bench(stack, producer, client_process, users, rate=rate)
-            bench.gc.start()
             try:
-                _say(f"{label}: baseline, {rate:,.0f} events/s for {seconds:,.0f} s through one Kafka hop")
-                baseline = await bench.baseline_run(label, seconds)
-                _say(f"{label}: warming up for {WARM_UP_S:.0f} s")
-                await bench.e2e_run("warm-up", WARM_UP_S)
-                _say(f"{label}: {rate:,.0f} events/s for {seconds:,.0f} s to {len(users):,} users")
-                e2e = await bench.e2e_run(label, seconds)
+                yield ProbeRig(stack, client_process, users, ProbeProducer(producer, users, rate=rate))
             finally:
-                bench.gc.stop()
                 await producer.stop()
-    return e2e, baseline, len(users)
-
-
-class ClientProcess:
-    """:mod:`app.bench_clients` in a child process; ``connected`` lists the client indexes whose socket is open."""
-
-    def __init__(self, url: str, secret: str, clients: int, *, max_seconds: float) -> None:
-        self.url = url
-        self.secret = secret
-        self.clients = clients
-        self.max_seconds = max_seconds
-        self.connected: list[int] = []
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def __aenter__(self) -> ClientProcess:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "app.bench_clients",
-            "--url",
-            self.url,
-            "--clients",
-            str(self.clients),
-            "--max-seconds",
-            str(self.max_seconds),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, SECRET_ENV: self.secret},
-            limit=256 * 1024 * 1024,  # a report is one line
-        )
-        try:
-            ready = await self._read(timeout=120 + self.clients / 20)
-            self.connected = list(ready["connected"])
-            _say(f"{len(self.connected):,} of {self.clients:,} websocket clients connected, {ready['failed']} failed")
-        except BaseException:
-            await self._stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._stop()
-
-    async def ask(self, command: str, *, timeout: float = 60.0) -> dict[str, Any]:
-        """Send one command (``count``, ``report``) and return the answer."""
-        assert self._process is not None and self._process.stdin is not None
-        self._process.stdin.write(command.encode() + b"\n")
-        await self._process.stdin.drain()
-        return await self._read(timeout=timeout)
-
-    async def _read(self, *, timeout: float) -> dict[str, Any]:
-        assert self._process is not None and self._process.stdout is not None
-        line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"the bench clients exited with {await self._process.wait()}; see stderr")
-        answer: dict[str, Any] = orjson.loads(line)
-        return answer
-
-    async def _stop(self) -> None:
-        process = self._process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ConnectionError):
-            assert process.stdin is not None
-            process.stdin.write(b"quit\n")
-            await process.stdin.drain()
-            process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 @dataclass
-class _Produced:
-    events: int
-    triggers: int
-    achieved_rate: float
+class Produced:
+    """What :meth:`ProbeProducer.produce` has sent so far: it fills this in as it goes, so read it while it runs."""
+
+    events: int = 0
+    triggers: int = 0
+    achieved_rate: float = 0.0
     #: Due time (unix seconds) of each triggering event, by (user id, event timestamp as the payload carries it).
-    due: dict[tuple[str, str], float]
+    due: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
-class _Decision:
+class Decision:
+    """One of the probe trigger's decisions, as :func:`probe_decisions` reads it from ``nudge.messages``."""
+
     user_id: str
     #: The timestamp of the event that fired it, as the pushed payload carries it.
     timestamp: str
@@ -236,34 +193,27 @@ class _Decision:
 
 
 class _Bench:
-    def __init__(
-        self, stack: DevStack, producer: AIOKafkaProducer, clients: ClientProcess, users: list[str], *, rate: float
-    ) -> None:
-        self.stack = stack
-        self.producer = producer
-        self.clients = clients
-        self.users = users
-        self.rate = rate
-        #: Each user's latest event timestamp (ms): the next one is later, so (user, timestamp) names one event.
-        self._last_ms: dict[str, int] = {}
-        self._runs = 0
+    def __init__(self, rig: ProbeRig) -> None:
+        self.stack = rig.stack
+        self.clients = rig.clients
+        self.events = rig.events
         #: This process's own collections: a pause here delays sends and counts against the stack.
         self.gc = GcPauses()
 
     async def e2e_run(self, label: str, seconds: float) -> dict[str, Any]:
         bootstrap, partitions = self.stack.broker.bootstrap, self.stack.partitions
-        starts = await _end_offsets(bootstrap, MESSAGES_TOPIC, partitions)
+        starts = await end_offsets(bootstrap, MESSAGES_TOPIC, partitions)
         await self.clients.ask("messages")  # forget anything received between runs
         await self.clients.ask("stats")
         self.gc.take()
-        cpu_before, wall_before = _cpu_seconds(), time.monotonic()
-        produced = await self._produce(EVENTS_TOPIC, label, seconds)
+        cpu_before, wall_before = cpu_seconds(), time.monotonic()
+        produced = await self.events.produce(EVENTS_TOPIC, label, seconds)
         received = await self._drain(produced.triggers)
-        cpu = _cpu_percent(cpu_before, _cpu_seconds(), time.monotonic() - wall_before)
+        cpu = cpu_percent(cpu_before, cpu_seconds(), time.monotonic() - wall_before)
         # Only the decisions this run's events caused: a backlog can carry the warm-up's into the run.
         decisions = {
             message_id: decision
-            for message_id, decision in (await _decisions(bootstrap, starts, partitions)).items()
+            for message_id, decision in (await probe_decisions(bootstrap, starts, partitions)).items()
             if (decision.user_id, decision.timestamp) in produced.due
         }
         sent = {message_id for message_id, d in decisions.items() if d.outcome == "sent"}
@@ -298,8 +248,8 @@ class _Bench:
             "missing": len(sent) - delivered,
             "duplicates": len(received) - len(first),
             "other": len(first.keys() - sent),
-            **_percentiles(latencies),
-            "hops": {"event_to_decision": _percentiles(to_decision), "decision_to_browser": _percentiles(to_browser)},
+            **percentiles(latencies),
+            "hops": {"event_to_decision": percentiles(to_decision), "decision_to_browser": percentiles(to_browser)},
             "cpu_percent": cpu,
             "clients": stats,
             "bench_gc": self.gc.take(),
@@ -320,7 +270,7 @@ class _Bench:
             consumer.assign([TopicPartition(topic, p) for p in range(self.stack.partitions)])
             await consumer.getmany(timeout_ms=200)  # positions known before the first record is due
             latencies: list[float] = []
-            total = int(self.rate * seconds)
+            total = int(self.events.rate * seconds)
 
             async def consume() -> None:
                 while len(latencies) < total:
@@ -333,7 +283,7 @@ class _Bench:
 
             consuming = asyncio.create_task(consume())
             try:
-                await self._produce(topic, f"baseline-{label}", seconds, due_in_event=True)
+                await self.events.produce(topic, f"baseline-{label}", seconds, due_in_event=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(consuming), DRAIN_TIMEOUT_S)
             finally:
@@ -342,38 +292,7 @@ class _Bench:
                     await consuming
         finally:
             await consumer.stop()
-        return {"records": total, "received": len(latencies), **_percentiles(latencies)}
-
-    async def _produce(self, topic: str, label: str, seconds: float, *, due_in_event: bool = False) -> _Produced:
-        """Produce ``rate`` events/s for ``seconds`` s, open-loop: event ``i`` goes out at ``start + i / rate``."""
-        self._runs += 1
-        picker = random.Random(self._runs)
-        total = int(self.rate * seconds)
-        due_by_event: dict[tuple[str, str], float] = {}
-        triggers = sent = 0
-        start = time.time()
-        while sent < total:
-            now_due = min(total, int((time.time() - start) * self.rate) + 1)
-            while sent < now_due:
-                due = start + sent / self.rate
-                user = picker.choice(self.users)
-                stamp_ms = max(int(due * 1000), self._last_ms.get(user, 0) + 1)
-                self._last_ms[user] = stamp_ms
-                stamp = iso_from_ms(stamp_ms)
-                triggering = picker.random() < TRIGGER_SHARE
-                event = _event(user, f"bench-{label}-{sent}", stamp, triggering=triggering, picker=picker)
-                if due_in_event:
-                    event["properties"]["bench_due"] = due
-                await self.producer.send(topic, orjson.dumps(event), key=user.encode())
-                if triggering:
-                    triggers += 1
-                    due_by_event[(user, stamp)] = due
-                sent += 1
-            delay = start + sent / self.rate - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await self.producer.flush()
-        return _Produced(total, triggers, round(total / (time.time() - start), 1), due_by_event)
+        return {"records": total, "received": len(latencies), **percentiles(latencies)}
 
     async def _drain(self, expected: int) -> list[list[Any]]:
         """Collect messages until the clients received ``expected``, nothing came for ``STALL_S``, or the timeout."""
@@ -391,6 +310,57 @@ class _Bench:
                 break
             await asyncio.sleep(0.1)
         return received
+
+
+class ProbeProducer:
+    """Produces the bench's events open-loop for ``users`` at ``rate``/s: ``TRIGGER_SHARE`` of them trigger.
+
+    Each user's events carry strictly increasing millisecond timestamps, so (user, timestamp) names one event.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, users: list[str], *, rate: float) -> None:
+        self.producer = producer
+        self.users = users
+        self.rate = rate
+        #: Each user's latest event timestamp (ms): the next one is later.
+        self._last_ms: dict[str, int] = {}
+        self._runs = 0
+
+    async def produce(
+        self, topic: str, label: str, seconds: float, *, due_in_event: bool = False, into: Produced | None = None
+    ) -> Produced:
+        """Produce ``rate`` events/s for ``seconds`` s, open-loop: event ``i`` goes out at ``start + i / rate``.
+
+        Progress goes into ``into`` (a fresh :class:`Produced` if none), which is returned once all are flushed.
+        """
+        self._runs += 1
+        picker = random.Random(self._runs)
+        total = int(self.rate * seconds)
+        produced = into if into is not None else Produced()
+        start = time.time()
+        while produced.events < total:
+            now_due = min(total, int((time.time() - start) * self.rate) + 1)
+            while produced.events < now_due:
+                due = start + produced.events / self.rate
+                user = picker.choice(self.users)
+                stamp_ms = max(int(due * 1000), self._last_ms.get(user, 0) + 1)
+                self._last_ms[user] = stamp_ms
+                stamp = iso_from_ms(stamp_ms)
+                triggering = picker.random() < TRIGGER_SHARE
+                event = _event(user, f"bench-{label}-{produced.events}", stamp, triggering=triggering, picker=picker)
+                if due_in_event:
+                    event["properties"]["bench_due"] = due
+                await self.producer.send(topic, orjson.dumps(event), key=user.encode())
+                if triggering:
+                    produced.triggers += 1
+                    produced.due[(user, stamp)] = due
+                produced.events += 1
+            delay = start + produced.events / self.rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await self.producer.flush()
+        produced.achieved_rate = round(total / (time.time() - start), 1)
+        return produced
 
 
 def _event(user: str, message_id: str, stamp: str, *, triggering: bool, picker: random.Random) -> dict[str, Any]:
@@ -416,7 +386,7 @@ def _event(user: str, message_id: str, stamp: str, *, triggering: bool, picker: 
     }
 
 
-async def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     """The offset after the last record of each partition, read from fetch responses (:mod:`app.tansu_compat`)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -427,21 +397,22 @@ async def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int,
     return {tp.partition: offset for tp, offset in (await true_end_offsets(bootstrap, listed)).items()}
 
 
-async def _decisions(bootstrap: str, starts: dict[int, int], partitions: int) -> dict[str, _Decision]:
+async def probe_decisions(bootstrap: str, starts: dict[int, int], partitions: int) -> dict[str, Decision]:
     """The bench trigger's decisions put on ``nudge.messages`` since ``starts``, by message id."""
-    ends = await _end_offsets(bootstrap, MESSAGES_TOPIC, partitions)
-    decisions: dict[str, _Decision] = {}
+    ends = await end_offsets(bootstrap, MESSAGES_TOPIC, partitions)
+    decisions: dict[str, Decision] = {}
     for partition, end in ends.items():
         for record in await read_range(bootstrap, MESSAGES_TOPIC, partition, starts.get(partition, 0), end):
             value = orjson.loads(record.value)
             if value.get("trigger") == TRIGGER_NAME:
-                decisions[value["id"]] = _Decision(
+                decisions[value["id"]] = Decision(
                     value["userId"], value["timestamp"], value["outcome"], value.get("reason"), record.timestamp
                 )
     return decisions
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float | None]:
+def percentiles(seconds: Sequence[float]) -> dict[str, float | None]:
+    """p50, p99 and max of latencies given in seconds, in milliseconds (``None`` for none)."""
     ordered = sorted(seconds)
     if not ordered:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None}
@@ -506,7 +477,8 @@ def _summary(
     }
 
 
-def _check_load(*, clients: int, rate: float, seconds: float, runs: int) -> None:
+def check_load(*, clients: int, rate: float, seconds: float, runs: int) -> None:
+    """Raise ``ValueError`` for a load the probe trigger cannot carry: the gateway's rate limit, the daily cap."""
     if clients < 1 or rate <= 0 or seconds <= 0 or runs < 1:
         raise ValueError("--clients, --rate, --seconds and --runs must be positive")
     per_user_s = rate * TRIGGER_SHARE / clients
@@ -519,46 +491,12 @@ def _check_load(*, clients: int, rate: float, seconds: float, runs: int) -> None
         raise ValueError("so many messages per user would reach the daily cap: use more clients or fewer seconds")
 
 
-def _raise_open_files_limit(clients: int) -> None:
+def raise_open_files_limit(clients: int) -> None:
     """Each socket is a file in the clients and in the gateway (children inherit the limit): make room."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = clients + 1024
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
-
-
-def _cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by this process and its children (the stack and the clients), by role.
-
-    Linux only (``/proc``); elsewhere an empty dict.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    own = os.getpid()
-    used: dict[str, float] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            pid, parent = int(stat.parent.name), int(fields[1])
-            if pid != own and parent != own:
-                continue
-            role = "bench" if pid == own else _role((stat.parent / "cmdline").read_bytes())
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    return used
-
-
-def _role(cmdline: bytes) -> str:
-    words = cmdline.split(b"\0")
-    if b"app.bench_clients" in words:
-        return "clients"
-    if b"app.cli" in words:
-        return next((w.decode() for w in words if w in (b"worker", b"gateway")), "nudge")
-    return Path(words[0].decode(errors="replace")).name or "other"
-
-
-def _cpu_percent(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
-    return {role: round((after[role] - before.get(role, 0.0)) / wall_s * 100, 1) for role in sorted(after)}
 
 
 def _say(line: str) -> None:
