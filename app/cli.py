@@ -1,4 +1,5 @@
-"""The ``nudge`` command: ``worker``, ``gateway``, ``dev``, ``demo``, ``simulate``, ``replay``, ``bench``.
+"""The ``nudge`` command: ``worker``, ``gateway``, ``dev``, ``cluster``, ``demo``, ``simulate``, ``replay``, ``eval``,
+``bench``, ``faults``.
 
 Each subcommand has ``--help``. Settings come from the environment (see README); ``dev`` and ``demo`` start the
 embedded stack and need none.
@@ -51,8 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev", help="start the embedded broker, Redis and a worker; print one JSON ready line; run until Ctrl-C"
     )
-    dev.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    dev.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    dev.add_argument("--gateways", type=_positive_int, default=1, help="websocket gateway processes (default 1)")
     dev.set_defaults(run=_dev)
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="`nudge dev` scaled out: several workers splitting the partitions and several gateways",
+        description="The embedded stack with --workers worker processes (the partitions are split between them; "
+        "kill one and the others take its partitions) and --gateways websocket gateways (any gateway can hold any "
+        "user's socket). Prints one JSON ready line with every node's URL; runs until Ctrl-C.",
+    )
+    cluster.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
+    cluster.add_argument("--gateways", type=_positive_int, default=2, help="websocket gateway processes (default 2)")
+    cluster.set_defaults(run=_dev)
 
     demo = commands.add_parser("demo", help="`nudge dev` plus simulated shoppers and a live summary")
     demo.add_argument("--rate", type=float, default=400, help="simulated events per second (default 400)")
@@ -98,15 +111,44 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--e2e", action="store_true", help="measure event-to-browser latency through the worker and a gateway instead"
     )
-    bench.add_argument("--clients", type=int, default=1000, help="--e2e: websocket clients (default 1000)")
+    bench.add_argument(
+        "--soak",
+        action="store_true",
+        help="hold a steady mixed load (events, pop-ups, decision reads) for --minutes; report every interval",
+    )
+    bench.add_argument("--minutes", type=float, default=10.0, help="--soak: minutes to run (default 10)")
+    bench.add_argument("--plot", type=Path, default=Path("artifacts/soak.png"), help="--soak: PNG written at the end")
+    bench.add_argument("--clients", type=int, default=1000, help="--e2e, --soak: websocket clients (default 1000)")
     bench.add_argument("--events", type=int, default=None, help="events per run (default 100000; --decision 20000)")
     bench.add_argument("--users", type=int, default=None, help="distinct users (default 20000; --decision 2000)")
     bench.add_argument("--runs", type=int, default=3, help="runs of each side; medians reported (default 3)")
-    bench.add_argument("--rate", type=float, default=500.0, help="requests/s, --e2e: events/s (default 500)")
+    bench.add_argument("--rate", type=float, default=500.0, help="requests/s, --e2e/--soak: events/s (default 500)")
     bench.add_argument("--seconds", type=float, default=10.0, help="--decision, --e2e: seconds per run (default 10)")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(run=_bench)
+
+    faults = commands.add_parser(
+        "faults",
+        help="crash, restart and slow-client faults: the same stream with and without each, final states compared",
+        description="For each fault, replay one deterministic event stream on a fresh embedded stack with and "
+        "without the fault and compare the final state (profiles, model versions, decisions, delivered pop-ups). "
+        "Progress on stderr, a JSON report on stdout; exits 1 if any fault lost, doubled or re-sent anything.",
+    )
+    faults.add_argument("--size", type=_positive_int, default=20_000, help="events per fault run (default 20000)")
+    faults.add_argument("--only", nargs="+", metavar="FAULT", help="run only these faults (names as in the report)")
+    faults.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    faults.set_defaults(run=_faults)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def _target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,16 +174,17 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     from app.main import app
 
-    sys.argv = ["nudge", "-L", "uvloop", "worker", "-l", settings.log_level]
+    # --quiet drops Faust's start-up banner, the one part of its output that is not a log record.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    sys.argv = ["nudge", "-L", "uvloop", *quiet, "worker", "-l", settings.log_level]
     app.main()
     return 0
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    import logging
-
     import uvloop
 
+    from app.logs import configure
     from app.settings import Settings, SettingsError
 
     try:
@@ -149,10 +192,7 @@ def _gateway(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"nudge gateway: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level={"crit": "CRITICAL", "warn": "WARNING"}.get(settings.log_level, settings.log_level.upper()),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
+    configure(settings.log_level, settings.log_format)
     from ws.server import Gateway
 
     async def run() -> None:
@@ -170,7 +210,7 @@ def _dev(args: argparse.Namespace) -> int:
     from app.devstack import DevStack
 
     async def run() -> None:
-        async with DevStack(workers=args.workers) as stack:
+        async with DevStack(workers=args.workers, gateways=args.gateways) as stack:
             print(orjson.dumps(stack.ready_line()).decode(), flush=True)
             await _until_signalled()
 
@@ -238,10 +278,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.e2e and args.decision:
-        print("nudge bench: pass --decision or --e2e, not both", file=sys.stderr)
+    if sum((args.e2e, args.decision, args.soak)) > 1:
+        print("nudge bench: pass at most one of --decision, --e2e, --soak", file=sys.stderr)
         return 2
-    if args.e2e:
+    if args.soak:
+        from app import bench_soak
+
+        try:
+            bench_soak.check_soak(minutes=args.minutes, rate=args.rate, clients=args.clients)
+        except ValueError as error:
+            print(f"nudge bench: {error}", file=sys.stderr)
+            return 2
+        result = asyncio.run(bench_soak.run(minutes=args.minutes, rate=args.rate, clients=args.clients, plot=args.plot))
+    elif args.e2e:
         from app import bench_e2e
 
         result = asyncio.run(bench_e2e.run(clients=args.clients, rate=args.rate, seconds=args.seconds, runs=args.runs))
@@ -266,6 +315,18 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _faults(args: argparse.Namespace) -> int:
+    from app import faults
+
+    try:
+        report = asyncio.run(faults.run(size=args.size, only=args.only))
+    except ValueError as error:
+        print(f"nudge faults: {error}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(report, option=0 if args.json else orjson.OPT_INDENT_2).decode())
+    return 0 if report["ok"] else 1
 
 
 async def _until_signalled() -> None:

@@ -14,7 +14,7 @@ import requests
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = ["worker", "gateway", "dev", "demo", "simulate", "replay", "eval", "bench"]
+COMMANDS = ["worker", "gateway", "dev", "cluster", "demo", "simulate", "replay", "eval", "bench", "faults"]
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
@@ -73,6 +73,47 @@ def test_dev_prints_one_ready_line_serves_and_stops_everything_on_sigint(tmp_pat
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_cluster_runs_two_workers_and_two_gateways_that_all_serve_then_stops_them_all() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "cluster", "--workers", "2", "--gateways", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready = orjson.loads(process.stdout.readline())
+        assert len(ready["workers"]) == 2 and len(ready["gateways"]) == 2
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert len(children) >= 5  # the broker, two workers, two gateways
+        for worker in ready["workers"]:
+            assert requests.get(f"{worker}/health", timeout=10).status_code == 200
+        for gateway in ready["gateways"]:
+            http = gateway.replace("ws://", "http://").removesuffix("/v1/ws")
+            assert requests.get(f"{http}/health", timeout=10).status_code == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (["cluster", "--workers", "0"], "argument --workers: 0 is not at least 1"),
+        (["faults", "--size", "many"], "argument --size: 'many' is not a whole number"),
+        (["faults", "--only", "meteor-strike"], "unknown fault(s) meteor-strike; known: "),
+        (["bench", "--soak", "--e2e"], "pass at most one of --decision, --e2e, --soak"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_reason(arguments: list[str], reason: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "app.cli", *arguments], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert reason in result.stderr
 
 
 async def test_worker_refuses_a_topic_with_another_partition_count(tmp_path: object) -> None:
