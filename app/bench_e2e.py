@@ -61,7 +61,7 @@ from app.bench_processes import cpu_percent, cpu_seconds
 from app.devstack import DevStack, create_topic
 from app.events import iso_from_ms
 from app.offsets import read_range
-from app.tansu_compat import true_end_offsets
+from app.stack_client import end_offsets
 
 GOAL_P99_MS = 50.0
 #: Share of the produced events that fire the bench trigger.
@@ -384,17 +384,6 @@ def _event(user: str, message_id: str, stamp: str, *, triggering: bool, picker: 
         "messageId": message_id,
         "timestamp": stamp,
     }
-
-
-async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    """The offset after the last record of each partition, read from fetch responses (:mod:`app.tansu_compat`)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        listed = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-    finally:
-        await consumer.stop()
-    return {tp.partition: offset for tp, offset in (await true_end_offsets(bootstrap, listed)).items()}
 
 
 async def probe_decisions(bootstrap: str, starts: dict[int, int], partitions: int) -> dict[str, Decision]:

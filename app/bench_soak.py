@@ -51,7 +51,6 @@ from app.bench_e2e import (
     ProbeRig,
     Produced,
     check_load,
-    end_offsets,
     percentiles,
     probe_decisions,
     probe_rig,
@@ -59,6 +58,7 @@ from app.bench_e2e import (
 )
 from app.bench_processes import cpu_percent, cpu_seconds, resident_mb
 from app.bench_soak_report import memory_note, memory_report, plot_soak
+from app.stack_client import end_offsets
 
 MAX_MINUTES = 180.0
 MAX_RATE = 20_000.0

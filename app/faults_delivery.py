@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 import orjson
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -48,7 +48,7 @@ from app.events import iso_from_ms
 from app.fault_clients import SilentSocket, Tab, token
 from app.faults import Fault, FaultReport
 from app.offsets import read_range
-from app.tansu_compat import true_end_offsets
+from app.stack_client import end_offsets, wait_for
 from ws.delivery import inbox_key
 
 PROBE_EVENT = "Fault Probe Requested"
@@ -228,7 +228,7 @@ class Run:
     async def _play(self) -> Outcome:
         stack = self.stack
         if self.plan.gateways > 1:
-            await _wait(self._gateways_share, timeout=60, what="the gateways to share nudge.messages")
+            await wait_for(self._gateways_share, timeout=60, what="the gateways to share nudge.messages")
         urls = [f"ws://127.0.0.1:{node.port}/v1/ws" for node in stack.gateway_nodes]
         for index, user in enumerate(self.plan.users):
             preferred = index % len(urls)
@@ -236,7 +236,7 @@ class Run:
             self.tabs[user] = tab
             if user != self.plan.silent_user or self.injection is None:
                 self.tasks[user] = asyncio.create_task(tab.run())
-        await _wait(self._all_registered, timeout=60, what="every tab to connect")
+        await wait_for(self._all_registered, timeout=60, what="every tab to connect")
         rss = _RssSampler([node.process.pid for node in stack.gateway_nodes if node.process is not None])
         sampler = asyncio.create_task(rss.run())
         producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap, linger_ms=5)
@@ -245,7 +245,7 @@ class Run:
         try:
             details: dict[str, Any] = {}
             if self.injection is not None:
-                await _wait(self._reached_fault, timeout=120, what="the stream to reach the fault")
+                await wait_for(self._reached_fault, timeout=120, what="the stream to reach the fault")
                 details = await self.injection(self)
             await producing
         finally:
@@ -309,7 +309,7 @@ class Run:
             return all(_event_total(profiles[user]) >= count for user, count in expected.items())
 
         with contextlib.suppress(TimeoutError):
-            await _wait(all_folded, timeout=DRAIN_TIMEOUT_S, what="the worker to fold every event")
+            await wait_for(all_folded, timeout=DRAIN_TIMEOUT_S, what="the worker to fold every event")
         return profiles
 
     async def _observe(self, peak_rss_mb: float) -> Outcome:
@@ -428,7 +428,7 @@ async def _accepted_kept(stack: DevStack, collector: dict[str, Any]) -> dict[str
         return profile is not None and _event_total(profile) >= accepted
 
     try:
-        await _wait(counted, timeout=30, what="the accepted outage events in the profile")
+        await wait_for(counted, timeout=30, what="the accepted outage events in the profile")
     except TimeoutError:
         return {"accepted": accepted, "kept": False}
     return {"accepted": accepted, "kept": True}
@@ -450,7 +450,7 @@ async def _kill_gateway(run: Run) -> dict[str, Any]:
     async def all_back() -> bool:
         return all(tab.registered.is_set() and tab.reconnected_at for tab in on_victim)
 
-    await _wait(all_back, timeout=60, what="the killed gateway's tabs to reconnect")
+    await wait_for(all_back, timeout=60, what="the killed gateway's tabs to reconnect")
     back = max(tab.reconnected_at[0] for tab in on_victim)
     return {"tabs_on_killed_gateway": len(on_victim), "all_reconnected_s": round(back - killed, 2)}
 
@@ -477,9 +477,9 @@ async def _silent_tab(run: Run) -> dict[str, Any]:
         async def dropped_or_produced() -> bool:
             return await dropped() or await _produced_all(run)
 
-        await _wait(dropped_or_produced, timeout=120, what="the silent socket's drop or the stream's end")
+        await wait_for(dropped_or_produced, timeout=120, what="the silent socket's drop or the stream's end")
         try:
-            await _wait(dropped, timeout=30, what="the gateway to drop the silent socket")
+            await wait_for(dropped, timeout=30, what="the gateway to drop the silent socket")
             dropped_s: float | None = round(time.time() - opened, 2)
         except TimeoutError:
             dropped_s = None
@@ -689,16 +689,6 @@ def _recovery_s(stream: Plan, baseline: Outcome, faulty: Outcome) -> tuple[float
 # -- reading the stack -----------------------------------------------------------------------------------------------
 
 
-async def _wait(condition: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; :class:`TimeoutError` naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-
-
 async def _json(url: str, *, api_key: str | None = None) -> Any:
     """The JSON body of a 200 answer, else ``None`` (an error status, or no answer within 5 s)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -755,16 +745,10 @@ async def _models(stack: DevStack) -> dict[str, Any]:
 async def _decisions(stack: DevStack) -> tuple[dict[str, tuple[str, str]], dict[str, float]]:
     """Every decision on ``nudge.messages``: id -> (user, outcome), and id -> when the worker produced it."""
     bootstrap = stack.broker.bootstrap
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        listed = await consumer.end_offsets([TopicPartition("nudge.messages", p) for p in range(stack.partitions)])
-    finally:
-        await consumer.stop()
     decisions: dict[str, tuple[str, str]] = {}
     decided_at: dict[str, float] = {}
-    for tp, end in (await true_end_offsets(bootstrap, listed)).items():
-        for record in await read_range(bootstrap, "nudge.messages", tp.partition, 0, end):
+    for partition, end in (await end_offsets(bootstrap, "nudge.messages", stack.partitions)).items():
+        for record in await read_range(bootstrap, "nudge.messages", partition, 0, end):
             value = orjson.loads(record.value)
             decisions[value["id"]] = (value["userId"], value["outcome"])
             decided_at[value["id"]] = record.timestamp / 1000

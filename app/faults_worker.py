@@ -267,7 +267,7 @@ async def _wait_processed(stack: DevStack, ends: dict[int, int], *, what: str) -
 
     try:
         await wait_for(done, timeout=SETTLE_TIMEOUT_S, what=f"{what} to be processed")
-    except AssertionError as error:
+    except TimeoutError as error:
         raise AssertionError(f"{error}: {await _progress(stack)}") from None
 
 

@@ -25,13 +25,13 @@ from app.sending import Pacer, chunks
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> None:
-    """Poll ``condition`` until it is true; fail with ``what`` after ``timeout`` seconds."""
+    """Poll ``condition`` until it is true; :class:`TimeoutError` naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await condition():
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 async def get_json(url: str, *, api_key: str) -> tuple[int, Any]:
