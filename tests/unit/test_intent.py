@@ -6,12 +6,14 @@ import copy
 import math
 import pickle
 import random
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
 from app.events import Event
 from models import labels
-from models.features import features, product_seen_before
+from models.features import FEATURE_NAMES, features, product_seen_before
 from models.intent import IntentModel
 from models.metrics import log_loss, roc_auc
 from tables.profile import Profile, fold
@@ -158,3 +160,88 @@ def test_the_logistic_score_is_the_river_pipelines_number() -> None:
         river = float(model._pipeline.predict_proba_one(dict(x)).get(True, 0.0))
         assert model.score(x) == river
         model.learn(x, x["signal"] + rng.gauss(0, 0.5) > 0.8)
+
+
+def _river_state(pipeline: Any) -> tuple[object, ...]:
+    """Everything River's ``learn_one`` changes in the logistic pipeline, bit for bit and in key order."""
+    scaler, regression = pipeline.steps.values()
+    optimizer = regression.optimizer
+
+    def bits(values: Mapping[Any, float]) -> list[tuple[Any, str]]:
+        return [(key, float(value).hex()) for key, value in values.items()]
+
+    return (
+        bits(regression._weights.to_dict()),
+        float(regression.intercept).hex(),
+        bits(optimizer.g2),
+        optimizer.n_iterations,
+        [(key, [float(v).hex() for v in s]) for key, s in scaler._stats.items()],
+    )
+
+
+def _live_like_stream(seed: int, n: int) -> list[tuple[dict[str, float], bool]]:
+    """Samples shaped like the live features, plus the extremes: see the test below."""
+    rng = random.Random(seed)
+    out = []
+    for step in range(n):
+        x = {name: rng.gauss(0, 1) for name in FEATURE_NAMES[:12] if rng.random() < 0.9}
+        x["has_cart"] = float(rng.random() < 0.05)
+        x["never_ordered"] = 1.0
+        x["cart_value_log"] = rng.expovariate(0.5) * (1e6 if step % 89 == 0 else 1)
+        if rng.random() < 0.5:
+            x[f"category={rng.randrange(8)}"] = 1.0
+        if step % 50 < 5:
+            x["campaign=flash"] = rng.choice((1, -1)) * rng.uniform(20.0, 300.0)
+        if step > n // 2:
+            x["price_log"] = rng.uniform(0, 6)
+        signal = x.get("views_log", 0.0) + 3 * x["has_cart"] + x.get("campaign=flash", 0.0)
+        out.append((x, signal + rng.gauss(0, 1) > 1.0))
+    return out
+
+
+@pytest.mark.parametrize("clip_gradient", [None, 0.2], ids=["river-default-clip", "clipped-gradient"])
+def test_the_logistic_learner_leaves_river_pipelines_state(clip_gradient: float | None) -> None:
+    """The fused learner leaves exactly the state River's ``learn_one`` leaves, at every step, to the last bit.
+
+    The stream has what the live features have: dense values with keys that sometimes go missing, ``category=<k>``
+    one-hot keys that come and go, a feature first seen halfway, a constant one (zero variance), a heavy-tailed
+    one the scaler clips. A ``campaign=<k>`` one-hot key carries large values, so the logit passes the loss
+    gradient's cut-offs (margin 18) and the sigmoid's (30) both ways. ``clip_gradient`` of 0.2 makes River clamp
+    the loss gradient (its default, 1e12, never does for the log loss).
+    """
+    model, river = IntentModel(), IntentModel()._pipeline
+    if clip_gradient is not None:
+        for pipeline in (model._pipeline, river):
+            pipeline.steps["LogisticRegression"].clip_gradient = clip_gradient
+    logits = []
+    for x, y in _live_like_stream(7, 3000):
+        scaler, regression = river.steps.values()
+        logits.append(regression._raw_dot_one(scaler.transform_one(x)))
+        frozen = dict(x)
+        model.learn(x, y)
+        river.learn_one(dict(x), y)
+        assert x == frozen
+        assert _river_state(model._pipeline) == _river_state(river)
+        expected = river.predict_proba_one(dict(x))
+        assert model._pipeline.predict_proba_one(dict(x)) == expected
+        assert model.score(x) == expected[True]
+    assert model.version == 3000
+    for low, high in ((-math.inf, -30), (-30, -18), (18, 30), (30, math.inf)):  # every side of every cut-off
+        assert any(low < logit < high for logit in logits), (low, high)
+
+
+def test_a_restored_logistic_model_keeps_learning_like_river() -> None:
+    """A pickled and restored model (as workers hand over) carries on exactly as River's own pipeline would."""
+    stream = _live_like_stream(11, 1200)
+    model, river = IntentModel(), IntentModel()._pipeline
+    for x, y in stream[:600]:
+        model.learn(x, y)
+        river.learn_one(dict(x), y)
+    restored, river = pickle.loads(pickle.dumps(model)), pickle.loads(pickle.dumps(river))
+    assert restored.version == 600 and _river_state(restored._pipeline) == _river_state(river)
+    for x, y in stream[600:]:
+        restored.learn(x, y)
+        river.learn_one(dict(x), y)
+        assert restored.score(x) == river.predict_proba_one(dict(x))[True]
+    assert _river_state(restored._pipeline) == _river_state(river)
+    assert _river_state(model._pipeline) != _river_state(restored._pipeline)  # the original was not touched
