@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from functools import lru_cache
 
 from app.events import Event
 from tables.profile import Profile
@@ -79,6 +80,8 @@ def features(profile: Profile, event: Event, *, seen_before: bool = False) -> di
     session = profile.session
     counts = profile.event_counts
     hour = (now % DAY_MS) / 3_600_000
+    angle = 2 * math.pi * hour / 24
+    name = event.name
     has_cart = bool(profile.cart)
     x = {
         "recency_log_days": _log((now - profile.last_order_ms) / DAY_MS) if profile.last_order_ms else 0.0,
@@ -92,26 +95,26 @@ def features(profile: Profile, event: Event, *, seen_before: bool = False) -> di
         "adds_log": _log(counts.get("Product Added", 0)),
         "checkouts_log": _log(counts.get("Checkout Started", 0)),
         "has_cart": 1.0 if has_cart else 0.0,
-        "cart_items_log": _log(profile.cart_quantity),
-        "cart_value_log": _log(profile.cart_value),
+        "cart_items_log": _log(profile.cart_quantity) if has_cart else 0.0,
+        "cart_value_log": _log(profile.cart_value) if has_cart else 0.0,
         "cart_idle_log_minutes": _log((now - profile.cart_changed_ms) / MINUTE_MS)
         if has_cart and profile.cart_changed_ms
         else 0.0,
         "returning": 1.0 if profile.sessions > 1 else 0.0,
-        "mobile": 1.0 if _is_mobile(event) else 0.0,
-        "hour_sin": math.sin(2 * math.pi * hour / 24),
-        "hour_cos": math.cos(2 * math.pi * hour / 24),
-        "is_view": 1.0 if event.name == "Product Viewed" else 0.0,
-        "is_add": 1.0 if event.name == "Product Added" else 0.0,
-        "is_remove": 1.0 if event.name == "Product Removed" else 0.0,
-        "is_cart_view": 1.0 if event.name == "Cart Viewed" else 0.0,
-        "is_checkout": 1.0 if event.name == "Checkout Started" else 0.0,
+        "mobile": 1.0 if _is_mobile(event.context.get("userAgent")) else 0.0,
+        "hour_sin": math.sin(angle),
+        "hour_cos": math.cos(angle),
+        "is_view": 1.0 if name == "Product Viewed" else 0.0,
+        "is_add": 1.0 if name == "Product Added" else 0.0,
+        "is_remove": 1.0 if name == "Product Removed" else 0.0,
+        "is_cart_view": 1.0 if name == "Cart Viewed" else 0.0,
+        "is_checkout": 1.0 if name == "Checkout Started" else 0.0,
         "product_seen_before": 1.0 if seen_before else 0.0,
         "price_log": _log(_price(event)),
     }
     category = event.properties.get("category")
     if isinstance(category, str) and category:
-        x[f"category={_bucket(category.split('.', 1)[0])}"] = 1.0
+        x[_category_feature(category.split(".", 1)[0])] = 1.0
     return x
 
 
@@ -126,6 +129,12 @@ def _price(event: Event) -> float:
     return float(price) if isinstance(price, (int, float)) and not isinstance(price, bool) else 0.0
 
 
+@lru_cache(maxsize=256)
+def _category_feature(top_level: str) -> str:
+    """The one-hot feature of a top-level category (cached: a catalogue has few, and every view names one)."""
+    return f"category={_bucket(top_level)}"
+
+
 def _bucket(value: str) -> int:
     """A stable bucket (Python's ``hash`` is salted per process)."""
     return zlib.crc32(value.encode()) % CATEGORY_BUCKETS
@@ -135,6 +144,11 @@ def _log(value: float) -> float:
     return math.log1p(max(0.0, value))
 
 
-def _is_mobile(event: Event) -> bool:
-    agent = event.context.get("userAgent")
-    return isinstance(agent, str) and any(marker in agent for marker in _MOBILE_MARKERS)
+def _is_mobile(agent: object) -> bool:
+    return isinstance(agent, str) and _is_mobile_agent(agent)
+
+
+@lru_cache(maxsize=256)
+def _is_mobile_agent(agent: str) -> bool:
+    """Cached: a user sends the same user agent with every event."""
+    return any(marker in agent for marker in _MOBILE_MARKERS)

@@ -46,7 +46,9 @@ class Sample:
     @property
     def features(self) -> dict[str, float]:
         """The features as the model saw them (to 4 decimals)."""
-        return {**{n: v / SCALE for n, v in zip(FEATURE_NAMES, self.packed, strict=False)}, **self.extra}
+        features = {n: v / SCALE for n, v in zip(FEATURE_NAMES, self.packed, strict=False)}
+        features.update(self.extra)
+        return features
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,5 +78,7 @@ def on_purchase(
 def expire(pending: tuple[Sample, ...], now_ms: int, horizon_ms: int) -> tuple[tuple[Sample, ...], list[Resolved]]:
     """Samples whose horizon passed by ``now_ms`` without a purchase are negative."""
     expired = [Resolved(s, False) for s in pending if now_ms - s.timestamp_ms > horizon_ms]
+    if not expired:
+        return pending, expired  # the usual case, at every event: nothing to rebuild
     remaining = tuple(s for s in pending if now_ms - s.timestamp_ms <= horizon_ms)
     return remaining, expired
