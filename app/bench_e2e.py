@@ -4,8 +4,11 @@ Each run starts a fresh embedded stack (broker, Redis, one worker, one gateway) 
 ``Bench Offer Requested`` event (no cooldown, everyone has consented), and a separate process
 (:mod:`app.bench_clients`: its own CPU and GIL) that opens ``clients`` websockets, one user each, and acks every push.
 After a short warm-up, this process produces ``rate`` events per second for ``seconds`` seconds straight to
-``nudge.events`` (one Segment track event per record, keyed by user id, users drawn from the connected ones):
-``TRIGGER_SHARE`` of them the triggering event, the others product views. Pacing is open-loop: event ``i`` is due at
+``nudge.events`` (Segment track events, users drawn from the connected ones): ``TRIGGER_SHARE`` of them the
+triggering event, the others product views. They are packed as the gateway and the collector pack what browsers and
+servers send (:class:`app.batching.PartitionBatcher`, one record per partition per 5 ms linger), so the worker sees
+the records it sees in production; other systems' producers that write one event per record cost the worker more
+per event (see the README). Pacing is open-loop: event ``i`` is due at
 ``start + i / rate`` and latency is measured from that due time, so a stall anywhere, this producer included, counts
 against the result.
 
@@ -56,11 +59,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from app.batching import PartitionBatcher
 from app.bench_clients import ClientProcess, GcPauses, bench_user
 from app.bench_processes import cpu_percent, cpu_seconds
 from app.devstack import DevStack, create_topic
-from app.events import iso_from_ms
+from app.events import decode_record, iso_from_ms
 from app.offsets import read_range
+from app.partitioning import partition_for
 from app.stack_client import end_offsets
 
 GOAL_P99_MS = 50.0
@@ -85,7 +90,7 @@ DRAIN_TIMEOUT_S = 30.0
 STALL_S = 5.0
 #: A short unmeasured run first: consumers fetching, caches and connections warm.
 WARM_UP_S = 3.0
-#: Like the collector's default linger: how events reach the topic in production.
+#: The collector's and the gateway's default linger: how events reach the topic in production.
 PRODUCER_LINGER_MS = 5
 #: The hub closes a socket that sends more than 20 frames/s (acks included): stay well below per user.
 MAX_MESSAGES_PER_USER_S = 5.0
@@ -163,7 +168,8 @@ async def probe_rig(*, clients: int, rate: float, budget_s: float, name: str) ->
             producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap, linger_ms=PRODUCER_LINGER_MS)
             await producer.start()
             try:
-                yield ProbeRig(stack, client_process, users, ProbeProducer(producer, users, rate=rate))
+                events = ProbeProducer(producer, users, rate=rate, partitions=stack.partitions)
+                yield ProbeRig(stack, client_process, users, events)
             finally:
                 await producer.stop()
 
@@ -277,9 +283,9 @@ class _Bench:
                     batches = await consumer.getmany(timeout_ms=100)
                     received_at = time.time()
                     for records in batches.values():
-                        latencies.extend(
-                            received_at - orjson.loads(r.value)["properties"]["bench_due"] for r in records
-                        )
+                        for record in records:
+                            events: list[Any] = decode_record(record.value)
+                            latencies.extend(received_at - event["properties"]["bench_due"] for event in events)
 
             consuming = asyncio.create_task(consume())
             try:
@@ -316,12 +322,14 @@ class ProbeProducer:
     """Produces the bench's events open-loop for ``users`` at ``rate``/s: ``TRIGGER_SHARE`` of them trigger.
 
     Each user's events carry strictly increasing millisecond timestamps, so (user, timestamp) names one event.
+    Events are packed per partition as the gateway and the collector pack them (:class:`PartitionBatcher`).
     """
 
-    def __init__(self, producer: AIOKafkaProducer, users: list[str], *, rate: float) -> None:
+    def __init__(self, producer: AIOKafkaProducer, users: list[str], *, rate: float, partitions: int) -> None:
         self.producer = producer
         self.users = users
         self.rate = rate
+        self.partitions = partitions
         #: Each user's latest event timestamp (ms): the next one is later.
         self._last_ms: dict[str, int] = {}
         self._runs = 0
@@ -331,8 +339,14 @@ class ProbeProducer:
     ) -> Produced:
         """Produce ``rate`` events/s for ``seconds`` s, open-loop: event ``i`` goes out at ``start + i / rate``.
 
-        Progress goes into ``into`` (a fresh :class:`Produced` if none), which is returned once all are flushed.
+        Progress goes into ``into`` (a fresh :class:`Produced` if none), which is returned once all are delivered.
         """
+
+        async def send(partition: int, value: bytes) -> Any:
+            return await self.producer.send(topic, value, partition=partition)
+
+        batcher = PartitionBatcher(send, linger_s=PRODUCER_LINGER_MS / 1000)
+        deliveries: list[asyncio.Task[None]] = []
         self._runs += 1
         picker = random.Random(self._runs)
         total = int(self.rate * seconds)
@@ -340,6 +354,7 @@ class ProbeProducer:
         start = time.time()
         while produced.events < total:
             now_due = min(total, int((time.time() - start) * self.rate) + 1)
+            due_now: list[tuple[int, bytes]] = []
             while produced.events < now_due:
                 due = start + produced.events / self.rate
                 user = picker.choice(self.users)
@@ -350,15 +365,17 @@ class ProbeProducer:
                 event = _event(user, f"bench-{label}-{produced.events}", stamp, triggering=triggering, picker=picker)
                 if due_in_event:
                     event["properties"]["bench_due"] = due
-                await self.producer.send(topic, orjson.dumps(event), key=user.encode())
+                due_now.append((partition_for(user, self.partitions), orjson.dumps(event)))
                 if triggering:
                     produced.triggers += 1
                     produced.due[(user, stamp)] = due
                 produced.events += 1
+            deliveries.append(asyncio.create_task(batcher.submit(due_now)))
             delay = start + produced.events / self.rate - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-        await self.producer.flush()
+        await batcher.drain()
+        await asyncio.gather(*deliveries)
         produced.achieved_rate = round(total / (time.time() - start), 1)
         return produced
 

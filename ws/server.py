@@ -44,9 +44,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from app.batching import PartitionBatcher
 from app.gc_tuning import tune_gc
 from app.keys import KeyStore
 from app.metrics import GatewayReading, exposition, gateway_registry
+from app.partitioning import partition_for
 from app.pii import encrypt_fields, has_personal_fields
 from app.settings import Settings
 from ws import delivery
@@ -101,6 +103,9 @@ class Gateway:
         )
         self.redis: Redis = Redis.from_pool(pool)
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=2)
+        # Track and consent frames go to nudge.events packed as the collector packs HTTP events (one record per
+        # partition per linger): the worker pays its per-record cost (Faust's dispatch, the flushes) once per record.
+        self._batcher = PartitionBatcher(self._produce, linger_s=settings.collector_linger_ms / 1000)
         self.deliverer = Deliverer(settings, self.redis)
         self.keys = KeyStore(self.redis, self.prefix)
         self._sockets: dict[int, ServerConnection] = {}
@@ -180,6 +185,7 @@ class Gateway:
         finally:
             await deliverer.stop()
             await pubsub.aclose()
+            await self._batcher.drain()
             await self._producer.stop()
             await self.redis.aclose()
             log.info("gateway %s stopped: %s", self.node_id, self.counts)
@@ -257,12 +263,15 @@ class Gateway:
                     key = (await self.keys.keys_for([effect.user_id], create=True))[effect.user_id]
                     assert key is not None
                     event = encrypt_fields(event, key, effect.user_id, fields)
-                value = orjson.dumps(event)
-                await self._producer.send(self.settings.events_topic, value, key=effect.user_id.encode())
+                partition = partition_for(effect.user_id, self.settings.partitions)
+                self._spawn(self._batcher.submit([(partition, orjson.dumps(event))]))
             elif isinstance(effect, Acked):
                 self.counts["acked"] += 1
                 self._spawn(delivery.acknowledge(self.redis, self.prefix, effect.user_id, effect.message_id))
         return written
+
+    async def _produce(self, partition: int, value: bytes) -> Any:
+        return await self._producer.send(self.settings.events_topic, value, partition=partition)
 
     def _send(self, conn_id: int, text: str) -> bool:
         connection = self._sockets.get(conn_id)
