@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from app.deadlines import PartitionClocks
 from app.learning import Learning
 from app.main import app, audit_topic, dlq_topic, events_topic, messages_topic, metrics, segments_topic, settings
-from app.offsets import OffsetTracker, Verdict, read_range
+from app.offsets import OffsetTracker, RangeReader, Verdict
 from app.pipeline import Pipeline
 from app.read_model import ReadModel
 from app.records import split_record
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Processed source offsets; committed by ``agents/commit.py``.
 offsets = OffsetTracker()
+#: Reads what Faust's consumer skipped or stalled on (holes, ``agents/catch_up.py``).
+direct_reader = RangeReader(settings.bootstrap_servers)
 #: Held while a record is checked and processed: the agent and ``agents/catch_up.py`` both process records.
 processing = asyncio.Lock()
 #: Rule files in service; ``agents/reload.py`` reloads them when they change.
@@ -94,13 +96,20 @@ async def ingest(stream: Any) -> None:
 
 async def read_directly(topic: str, partition: int, start: int, end: int) -> int:
     """Read records ``start..end-1`` with a consumer of our own and process them; call with ``processing`` held."""
-    records = await read_range(settings.bootstrap_servers, topic, partition, start, end)
+    records = await direct_reader.read(topic, partition, start, end)
     if len(records) != end - start:
         log.error("%s/%d: only %d of records %d..%d exist", topic, partition, len(records), start, end - 1)
     for record in records:
         if offsets.check(partition, record.offset) is not Verdict.ALREADY_DONE:
             await _process(topic, partition, record.offset, record.key, record.value)
     return len(records)
+
+
+async def _stop_direct_reader(*_: Any, **__: Any) -> None:
+    await direct_reader.stop()
+
+
+app.on_before_shutdown.connect(_stop_direct_reader)
 
 
 async def _process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
