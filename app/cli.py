@@ -31,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # SIGTERM stops a command as Ctrl-C does, so that the stack a bench or the fault suite started is stopped with it
+    # (by default SIGTERM ends the process at once and leaves broker, worker and gateway running). Commands that serve
+    # (dev, cluster, gateway, worker) install their own handler for both signals.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import orjson
 import psutil
@@ -96,6 +97,29 @@ def test_cluster_runs_two_workers_and_two_gateways_that_all_serve_then_stops_the
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_a_bench_stopped_with_sigterm_stops_the_stack_it_started() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "bench", "--soak", "--minutes", "2", "--rate", "20", "--clients", "5"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        children: list[psutil.Process] = []
+        while len(children) < 4 and time.monotonic() < deadline:  # the broker, the worker, the gateway, the clients
+            assert process.poll() is None, "the bench ended before its stack was up"
+            children = psutil.Process(process.pid).children(recursive=True)
+            time.sleep(0.2)
+        assert len(children) >= 4, [c.cmdline() for c in children]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 130
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not [c for c in alive if c.status() != psutil.STATUS_ZOMBIE], [c.cmdline() for c in alive]
     finally:
         if process.poll() is None:
             process.kill()
