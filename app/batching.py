@@ -3,7 +3,7 @@
 Faust pays 60-80 µs per *record*; a record carrying a few hundred events pays it once. :class:`PartitionBatcher`
 holds encoded events per partition for at most ``linger_s`` (or until ``max_bytes``), then produces one batch
 envelope per partition and resolves every caller whose events it carried once the broker acknowledged it. The
-collector, the simulator and the benchmark all produce through it.
+collector, the gateway, the simulator and the benchmarks all produce through it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.events import encode_batch
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
 
 #: ``send(partition, value)`` queues one record and returns an awaitable that resolves on delivery.
 SendFn = Callable[[int, bytes], Awaitable[Awaitable[Any]]]
@@ -96,3 +99,12 @@ class PartitionBatcher:
         else:
             if not pending.delivered.done():
                 pending.delivered.set_result(None)
+
+
+def topic_batcher(producer: AIOKafkaProducer, topic: str, *, linger_s: float) -> PartitionBatcher:
+    """A :class:`PartitionBatcher` that produces its batch envelopes to ``topic`` through an aiokafka producer."""
+
+    async def send(partition: int, value: bytes) -> Awaitable[Any]:
+        return await producer.send(topic, value, partition=partition)
+
+    return PartitionBatcher(send, linger_s=linger_s)

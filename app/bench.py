@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.batching import PartitionBatcher
+from app.batching import topic_batcher
 from app.devstack import DevStack, EmbeddedBroker, Node, create_topic, free_port
 from app.events import user_key
 from app.partitioning import partition_for
@@ -121,11 +121,7 @@ async def produce_batched(bootstrap: str, corpus: list[bytes]) -> None:
     await producer.start()
     try:
         await create_topic(bootstrap, "nudge.events", PARTITIONS)
-
-        async def send(partition: int, value: bytes) -> Any:
-            return await producer.send("nudge.events", value, partition=partition)
-
-        batcher = PartitionBatcher(send, linger_s=0.02)
+        batcher = topic_batcher(producer, "nudge.events", linger_s=0.02)
         for start in range(0, len(corpus), 5000):
             chunk = corpus[start : start + 5000]
             await batcher.submit((partition_for(user_key(orjson.loads(raw)), PARTITIONS), raw) for raw in chunk)

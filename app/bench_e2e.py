@@ -6,7 +6,7 @@ Each run starts a fresh embedded stack (broker, Redis, one worker, one gateway) 
 After a short warm-up, this process produces ``rate`` events per second for ``seconds`` seconds straight to
 ``nudge.events`` (Segment track events, users drawn from the connected ones): ``TRIGGER_SHARE`` of them the
 triggering event, the others product views. They are packed as the gateway and the collector pack what browsers and
-servers send (:class:`app.batching.PartitionBatcher`, one record per partition per 5 ms linger), so the worker sees
+servers send (:func:`app.batching.topic_batcher`, one record per partition per 5 ms linger), so the worker sees
 the records it sees in production; other systems' producers that write one event per record cost the worker more
 per event (see the README). Pacing is open-loop: event ``i`` is due at
 ``start + i / rate`` and latency is measured from that due time, so a stall anywhere, this producer included, counts
@@ -50,7 +50,7 @@ import secrets
 import statistics
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +59,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.batching import PartitionBatcher
+from app.batching import topic_batcher
 from app.bench_clients import ClientProcess, GcPauses, bench_user
 from app.bench_processes import cpu_percent, cpu_seconds
 from app.devstack import DevStack, create_topic
@@ -322,7 +322,7 @@ class ProbeProducer:
     """Produces the bench's events open-loop for ``users`` at ``rate``/s: ``TRIGGER_SHARE`` of them trigger.
 
     Each user's events carry strictly increasing millisecond timestamps, so (user, timestamp) names one event.
-    Events are packed per partition as the gateway and the collector pack them (:class:`PartitionBatcher`).
+    Events are packed per partition as the gateway and the collector pack them (:func:`topic_batcher`).
     """
 
     def __init__(self, producer: AIOKafkaProducer, users: list[str], *, rate: float, partitions: int) -> None:
@@ -341,12 +341,9 @@ class ProbeProducer:
 
         Progress goes into ``into`` (a fresh :class:`Produced` if none), which is returned once all are delivered.
         """
-
-        async def send(partition: int, value: bytes) -> Any:
-            return await self.producer.send(topic, value, partition=partition)
-
-        batcher = PartitionBatcher(send, linger_s=PRODUCER_LINGER_MS / 1000)
-        deliveries: list[asyncio.Task[None]] = []
+        batcher = topic_batcher(self.producer, topic, linger_s=PRODUCER_LINGER_MS / 1000)
+        #: Submitted and not yet delivered, oldest first: a long soak must not keep every finished one.
+        deliveries: deque[asyncio.Task[None]] = deque()
         self._runs += 1
         picker = random.Random(self._runs)
         total = int(self.rate * seconds)
@@ -371,6 +368,8 @@ class ProbeProducer:
                     produced.due[(user, stamp)] = due
                 produced.events += 1
             deliveries.append(asyncio.create_task(batcher.submit(due_now)))
+            while deliveries[0].done():
+                deliveries.popleft().result()  # a delivery failure ends the run here
             delay = start + produced.events / self.rate - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -80,7 +80,7 @@ class RangeReader:
     async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
         """Records ``start..end-1``, in offset order; fewer if the log really has a hole there."""
         if end <= start:
-            return []
+            return []  # also spares aiokafka a stop() right after assign(), which it answers with CancelledError
         async with self._lock:
             if self._consumer is None:
                 consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
@@ -102,14 +102,11 @@ async def read_range(bootstrap: str, topic: str, partition: int, start: int, end
 
     Returns them in offset order; fewer than asked if the log really has a hole there (then the caller goes on).
     """
-    if end <= start:
-        return []  # also spares aiokafka a stop() right after assign(), which it answers with CancelledError
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    reader = RangeReader(bootstrap)
     try:
-        return await _read(consumer, topic, partition, start, end)
+        return await reader.read(topic, partition, start, end)
     finally:
-        await consumer.stop()
+        await reader.stop()
 
 
 async def _read(consumer: AIOKafkaConsumer, topic: str, partition: int, start: int, end: int) -> list[Any]:

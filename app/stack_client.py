@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.batching import PartitionBatcher
+from app.batching import topic_batcher
 from app.devstack import DevStack, create_topic
 from app.events import user_key
 from app.partitioning import partition_for
@@ -76,11 +76,7 @@ async def produce_batched(bootstrap: str, events: list[dict[str, Any]], *, parti
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
-
-        async def send(partition: int, value: bytes) -> Any:
-            return await producer.send("nudge.events", value, partition=partition)
-
-        batcher = PartitionBatcher(send, linger_s=0.005)
+        batcher = topic_batcher(producer, "nudge.events", linger_s=0.005)
         pacer = Pacer(rate)
         for part in chunks(events, 100):
             await batcher.submit((partition_for(user_key(e), partitions), orjson.dumps(e)) for e in part)

@@ -44,7 +44,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from app.batching import PartitionBatcher
+from app.batching import topic_batcher
 from app.gc_tuning import tune_gc
 from app.keys import KeyStore
 from app.metrics import GatewayReading, exposition, gateway_registry
@@ -105,7 +105,9 @@ class Gateway:
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=2)
         # Track and consent frames go to nudge.events packed as the collector packs HTTP events (one record per
         # partition per linger): the worker pays its per-record cost (Faust's dispatch, the flushes) once per record.
-        self._batcher = PartitionBatcher(self._produce, linger_s=settings.collector_linger_ms / 1000)
+        self._batcher = topic_batcher(
+            self._producer, settings.events_topic, linger_s=settings.collector_linger_ms / 1000
+        )
         self.deliverer = Deliverer(settings, self.redis)
         self.keys = KeyStore(self.redis, self.prefix)
         self._sockets: dict[int, ServerConnection] = {}
@@ -269,9 +271,6 @@ class Gateway:
                 self.counts["acked"] += 1
                 self._spawn(delivery.acknowledge(self.redis, self.prefix, effect.user_id, effect.message_id))
         return written
-
-    async def _produce(self, partition: int, value: bytes) -> Any:
-        return await self._producer.send(self.settings.events_topic, value, partition=partition)
 
     def _send(self, conn_id: int, text: str) -> bool:
         connection = self._sockets.get(conn_id)
