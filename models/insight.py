@@ -131,7 +131,9 @@ def on_event(
     elif event.name in SCORED_EVENTS:
         x = features(after, event, seen_before=product_seen_before(before, event))
         intent, version = models.score(x), models.version
-        pending = labels.add(pending, labels.Sample.of(now, x, score=intent, baseline=has_cart_this_session(after)))
+        if labels.sampling_due(pending, now, horizon_ms):
+            sample = labels.Sample.of(now, x, score=intent, baseline=has_cart_this_session(after))
+            pending = labels.add(pending, sample)
     cluster = current.cluster
     if cluster is None or event.name in CLUSTER_EVENTS or (after.session and after.session.events == 1):
         shape = cluster_features(after, now)

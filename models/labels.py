@@ -59,8 +59,20 @@ class Resolved:
     label: bool
 
 
+def sampling_due(pending: tuple[Sample, ...], now_ms: int, horizon_ms: int) -> bool:
+    """Is a new sample due at ``now_ms``? One per ``horizon / MAX_PENDING`` per user at most.
+
+    So the pending samples never outgrow :data:`MAX_PENDING` and every sample gets its label: a shopper who acts
+    every second would otherwise push out, unlabelled, each sample 32 events after taking it, and a long session
+    without a purchase would never teach the model a negative. Consecutive moments of one user are near copies;
+    thinning them also stops the busiest users from outweighing everyone else in what the model learns.
+    """
+    return not pending or (now_ms - pending[-1].timestamp_ms) * MAX_PENDING >= horizon_ms
+
+
 def add(pending: tuple[Sample, ...], sample: Sample) -> tuple[Sample, ...]:
-    """Keep ``sample`` until it is resolved (the oldest are dropped past :data:`MAX_PENDING`: bounded memory)."""
+    """Keep ``sample`` until it is resolved (the oldest are dropped past :data:`MAX_PENDING`: bounded memory, which
+    only merged insights reach when samples are taken as :func:`sampling_due` says)."""
     return (*pending[-(MAX_PENDING - 1) :], sample)
 
 

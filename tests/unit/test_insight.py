@@ -142,6 +142,23 @@ def test_a_late_purchase_resolves_old_moments_as_negative() -> None:
     assert [r.label for r in journey.resolved] == [False]
 
 
+def test_a_shopper_who_acts_every_second_for_an_hour_teaches_a_negative_for_every_sample_taken() -> None:
+    journey = Journey()
+    gap = HORIZON / labels.MAX_PENDING / MINUTE  # minutes between samples: 0.9375
+    seconds = 3600
+    for second in range(seconds):
+        insight = journey.send("Product Viewed", second / 60, product_id=f"p{second % 40}", category="shoes")
+        assert insight.intent is not None  # scored at every event
+        assert len(insight.pending) <= labels.MAX_PENDING
+    taken = sorted([s.timestamp_ms for s in insight.pending] + [r.sample.timestamp_ms for r in journey.resolved])
+    gaps = [b - a for a, b in zip(taken, taken[1:], strict=False)]
+    assert taken[0] == T0 and len(taken) == 64  # the first event's, then one per gap: 56.25 s, at whole seconds
+    assert all(gap * MINUTE <= g <= gap * MINUTE + 1001 for g in gaps)
+    journey.tick(seconds / 60 + 31)
+    assert len(journey.resolved) == len(taken) and not any(r.label for r in journey.resolved)
+    assert journey.models.intent.version == len(taken)
+
+
 def test_a_user_is_clustered_on_first_sight_and_reclustered_when_behaviour_changes() -> None:
     journey = Journey()
     first = journey.send("Product Viewed", 0, product_id="p1")
