@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,7 @@ def test_a_shopper_who_acts_every_second_for_an_hour_teaches_a_negative_for_ever
         assert insight.intent is not None  # scored at every event
         assert len(insight.pending) <= labels.MAX_PENDING
     taken = sorted([s.timestamp_ms for s in insight.pending] + [r.sample.timestamp_ms for r in journey.resolved])
-    gaps = [b - a for a, b in zip(taken, taken[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(taken)]
     assert taken[0] == T0 and len(taken) == 64  # the first event's, then one per gap: 56.25 s, at whole seconds
     assert all(gap * MINUTE <= g <= gap * MINUTE + 1001 for g in gaps)
     journey.tick(seconds / 60 + 31)
