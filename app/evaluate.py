@@ -5,11 +5,13 @@ streamed through the same model class, with session-summary features (:func:`uci
 
 REES46: the events go through the worker's own pure transitions (:func:`tables.profile.fold`,
 :func:`models.insight.on_event` and :func:`models.insight.on_clock` on the event clock, with the same deadlines), so
-they are scored with its features and model at every browsing event and labelled late (a purchase by the same user
-within the horizon, else negative), exactly as live. Baseline: "has a cart in this session". A sample whose horizon
-runs past the end of the data is learned from but not scored, whatever its label: counting the positives there
-while the negatives are still pending would flatter the model (measured: +0.014 AUC at 300 s, and a fake 0.92 at
-1800 s).
+they are scored with its features and model at every browsing event and learn from delayed labels exactly as live.
+What is measured is the score at every scored event, as triggers and the decision API read it, each labelled late
+like a sample (a purchase by the same user within the horizon, else negative) -- not only at the moments the model
+keeps as training samples (at most one per horizon/32 per user, :func:`models.labels.sampling_due`), so thinning
+the training samples cannot change what is measured. Baseline: "has a cart in this session". A moment whose horizon
+runs past the end of the data is not scored, whatever its label: counting the positives there while the negatives
+are still pending would flatter the model (measured: +0.014 AUC at 300 s, and a fake 0.92 at 1800 s).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from app.deadlines import Deadlines
 from app.events import to_event
 from app.replay import rees46_events
 from models import labels
-from models.insight import Effect, Insight, Rules, on_clock, on_event
+from models.insight import PURCHASE, SCORED_EVENTS, Effect, Insight, Rules, has_cart_this_session, on_clock, on_event
 from models.intent import IntentModel, Kind
 from models.metrics import log_loss, roc_auc
 from models.partition import PartitionModels
@@ -68,11 +70,16 @@ def evaluate_rees46(path: str | Path, *, horizon_ms: int = 300_000, kind: Kind =
     insights: dict[str, Insight] = {}
     deadlines = Deadlines()
     progress = Progressive()
+    #: Per user, every scored moment not labelled yet: what the score said then (features are not needed).
+    moments: dict[str, tuple[labels.Sample, ...]] = {}
+
+    def measure(resolved: list[labels.Resolved]) -> None:
+        for moment in resolved:
+            if moment.sample.timestamp_ms + horizon_ms < end_ms:  # else its label is not known within the data
+                progress.add(moment)
 
     def carry_out(effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, labels.Resolved) and effect.sample.timestamp_ms + horizon_ms < end_ms:
-                progress.add(effect)  # a sample whose horizon ends after the data is learned, not scored
             models.apply(effect)
 
     for event in events:
@@ -86,7 +93,7 @@ def evaluate_rees46(path: str | Path, *, horizon_ms: int = 300_000, kind: Kind =
         user = event.user_id
         before = profiles.get(user)
         profiles[user] = fold(before or Profile(user_id=user), event)
-        insights[user], effects = on_event(
+        insight, effects = on_event(
             insights.get(user),
             before,
             profiles[user],
@@ -95,8 +102,20 @@ def evaluate_rees46(path: str | Path, *, horizon_ms: int = 300_000, kind: Kind =
             rules=NO_RULES,
             horizon_ms=horizon_ms,
         )
+        insights[user] = insight
         carry_out(effects)
-        deadlines.schedule(0, user, insights[user].due_ms(horizon_ms))
+        deadlines.schedule(0, user, insight.due_ms(horizon_ms))
+        waiting, expired = labels.expire(moments.get(user, ()), now, horizon_ms)
+        measure(expired)
+        if event.name == PURCHASE:
+            waiting, bought = labels.on_purchase(waiting, now, horizon_ms)
+            measure(bought)
+        elif event.name in SCORED_EVENTS and insight.intent is not None:
+            moment = labels.Sample(now, score=insight.intent, baseline=has_cart_this_session(profiles[user]))
+            waiting = (*waiting, moment)
+        moments[user] = waiting
+    for waiting in moments.values():
+        measure(labels.expire(waiting, FAR_FUTURE_MS, horizon_ms)[1])
     return progress.summary()
 
 
