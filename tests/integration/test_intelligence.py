@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.devstack import DevStack
+from app.events import iso_from_ms
 from app.offsets import read_range
 from tests.integration.conftest import end_offsets, get_json, wait_for
 from ws.tokens import TokenError, verify_token
@@ -155,11 +156,14 @@ async def test_scores_wait_for_their_labels_then_the_model_learns_from_them(tmp_
     async with DevStack(root=tmp_path / "stack", extra_env=env) as stack:
         buyers, browsers = [f"buyer-{i}" for i in range(20)], [f"browser-{i}" for i in range(30)]
         events = []
+        viewed = int(time.time() * 1000) - 500  # the add 100 ms later: more than the horizon / 32 between samples
         for user in buyers + browsers:
             events += [
-                {"userId": user, "event": "Product Viewed", "properties": {"product_id": "p1", "price": 5}},
-                {"userId": user, "event": "Product Added", "properties": {"product_id": "p1", "price": 5}},
-            ]
+                {"userId": user, "event": "Product Viewed", "properties": {"product_id": "p1", "price": 5},
+                 "timestamp": iso_from_ms(viewed)},
+                {"userId": user, "event": "Product Added", "properties": {"product_id": "p1", "price": 5},
+                 "timestamp": iso_from_ms(viewed + 100)},
+            ]  # fmt: skip
         await track(stack, *events)
         await track(stack, *({"userId": u, "event": "Order Completed", "properties": {"revenue": 5}} for u in buyers))
 

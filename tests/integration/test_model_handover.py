@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import aiohttp
 import pytest
 
 from app.devstack import DevStack
+from app.events import iso_from_ms
 from app.partitioning import partition_for
 from tests.integration.conftest import get_json, wait_for
 
@@ -30,12 +32,17 @@ async def track(stack: DevStack, url: str, events: list[dict[str, Any]]) -> None
 
 
 def shopping(users: list[str]) -> list[dict[str, Any]]:
-    """Two scored moments per user; every third user buys (positives), the others' labels expire (negatives)."""
+    """Two scored moments per user; every third user buys (positives), the others' labels expire (negatives).
+
+    The two are stamped 100 ms apart, more than the 1 s horizon / 32 between samples: both are learned from.
+    """
     events = []
+    viewed = int(time.time() * 1000) - 500
     for index, user in enumerate(users):
+        product = {"product_id": f"p{index % 7}", "price": 5}
         events += [
-            {"userId": user, "event": "Product Viewed", "properties": {"product_id": f"p{index % 7}", "price": 5}},
-            {"userId": user, "event": "Product Added", "properties": {"product_id": f"p{index % 7}", "price": 5}},
+            {"userId": user, "event": "Product Viewed", "properties": product, "timestamp": iso_from_ms(viewed)},
+            {"userId": user, "event": "Product Added", "properties": product, "timestamp": iso_from_ms(viewed + 100)},
         ]
         if index % 3 == 0:
             events.append({"userId": user, "event": "Order Completed", "properties": {"revenue": 5}})
