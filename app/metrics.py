@@ -64,6 +64,10 @@ Gateway (:func:`gateway_registry`)
 ``nudge_decisions_not_pushed_total``   counter    ``reason``           ``suppressed``, ``stale`` (older than the
                                                                        inbox TTL), ``malformed``
 ``nudge_deliverer_partitions``         gauge                           ``nudge.messages`` partitions delivered here
+``nudge_deliverer_lag``                gauge      ``partition``        decision records of ``nudge.messages`` not
+                                                                       delivered yet, per partition delivered here:
+                                                                       high watermark minus the offset after the
+                                                                       last batch delivered (absent until known)
 =====================================  =========  ===================  =============================================
 
 No label ever holds a user id: every label takes values from a fixed set or from the rule files.
@@ -173,6 +177,8 @@ class GatewayReading:
     stale: int
     malformed: int
     partitions: int
+    #: Partition of ``nudge.messages`` -> records not delivered yet (:func:`consumer_lag`).
+    lag: Mapping[int, int]
 
 
 class WorkerMetrics:
@@ -262,6 +268,11 @@ def gateway_families(reading: GatewayReading) -> list[Metric]:
         ("malformed", reading.malformed),
     ):
         not_pushed.add_metric((reason,), count)
+    lag = GaugeMetricFamily(
+        "nudge_deliverer_lag", "Records of nudge.messages not delivered yet, per partition.", labels=("partition",)
+    )
+    for partition, left in sorted(reading.lag.items()):
+        lag.add_metric((str(partition),), left)
     return [
         GaugeMetricFamily("nudge_sockets_open", "Websockets open now.", value=reading.sockets_open),
         _counter("nudge_sockets_opened", "Websockets accepted.", reading.opened),
@@ -277,6 +288,7 @@ def gateway_families(reading: GatewayReading) -> list[Metric]:
         GaugeMetricFamily(
             "nudge_deliverer_partitions", "nudge.messages partitions delivered here.", value=reading.partitions
         ),
+        lag,
     ]
 
 

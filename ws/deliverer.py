@@ -18,9 +18,11 @@ import logging
 import time
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import IllegalStateError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.metrics import consumer_lag
 from app.settings import Settings
 from ws import delivery
 
@@ -48,6 +50,8 @@ class Deliverer:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )
+        #: Partition -> the offset after the last batch delivered (or skipped); the consumer's position then.
+        self._delivered_to: dict[int, int] = {}
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -56,6 +60,11 @@ class Deliverer:
     def partitions(self) -> int:
         """How many partitions of ``nudge.messages`` this deliverer holds now."""
         return len(self._consumer.assignment())
+
+    def lag(self) -> dict[int, int]:
+        """Records not delivered yet, per partition held: what a stuck Redis or a slow gateway leaves waiting."""
+        highwaters = {tp.partition: self._consumer.highwater(tp) for tp in self._consumer.assignment()}
+        return consumer_lag(highwaters, self._delivered_to)
 
     async def stop(self) -> None:
         await self._consumer.stop()
@@ -78,6 +87,15 @@ class Deliverer:
                 await self._deliver(messages)
             if batches:
                 await self._consumer.commit()
+            await self._note_positions()
+
+    async def _note_positions(self) -> None:
+        """After a batch is delivered (or none came), the consumer's positions are what has been delivered."""
+        for tp in self._consumer.assignment():
+            try:
+                self._delivered_to[tp.partition] = await self._consumer.position(tp)
+            except IllegalStateError:  # revoked meanwhile
+                self._delivered_to.pop(tp.partition, None)
 
     def _decode(self, raw: bytes, topic: str, partition: int, offset: int) -> delivery.Outgoing | None:
         try:

@@ -142,6 +142,7 @@ class Gateway:
             stale=delivered["stale"],
             malformed=delivered["malformed"],
             partitions=self.deliverer.partitions,
+            lag=self.deliverer.lag(),
         )
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:

@@ -118,6 +118,12 @@ async def test_metrics_count_what_was_sent_and_need_the_api_key(tmp_path: Path) 
                 return value(await samples(gateway, stack.api_key), "nudge_pushes_acked_total") == 1
 
             await wait_for(acked, timeout=20, what="the ack counted by the gateway")
+
+            async def delivered() -> bool:  # the deliverer notes its positions just after delivering a batch
+                lag = deliverer_lag(await samples(gateway, stack.api_key))
+                return bool(lag) and set(lag.values()) == {0}
+
+            await wait_for(delivered, timeout=10, what="the deliverer's lag known and zero")
             at_gateway = await samples(gateway, stack.api_key)
 
         # 5 collector events, 4 records straight into the topic, 3 from the tab (two tracks, one consent change).
@@ -164,6 +170,7 @@ async def test_metrics_count_what_was_sent_and_need_the_api_key(tmp_path: Path) 
         assert value(at_gateway, "nudge_events_in_total", source="websocket") == 3
         assert value(at_gateway, "nudge_inbox_writes_total") == 1
         assert value(at_gateway, "nudge_decisions_not_pushed_total", reason="suppressed") == 1
+        assert len(deliverer_lag(at_gateway)) == value(at_gateway, "nudge_deliverer_partitions")  # every one held
 
         async def closed() -> bool:
             return value(await samples(gateway, stack.api_key), "nudge_sockets_open") == 0
@@ -174,3 +181,9 @@ async def test_metrics_count_what_was_sent_and_need_the_api_key(tmp_path: Path) 
         lines = [orjson.loads(line) for line in (tmp_path / "stack" / log).read_text().splitlines() if line.strip()]
         assert lines, log
         assert all({"ts", "level", "logger", "message", "process"} <= set(line) for line in lines), log
+
+
+def deliverer_lag(at_gateway: Samples) -> dict[str, float]:
+    """``nudge_deliverer_lag`` per partition label."""
+    lag = {labels: left for (name, labels), left in at_gateway.items() if name == "nudge_deliverer_lag"}
+    return {dict(labels)["partition"]: left for labels, left in lag.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import orjson
 import pytest
@@ -150,14 +151,17 @@ def test_a_workers_exposition_carries_live_counters_histograms_and_what_is_read_
     assert parsed(metrics.exposition())[("nudge_consumer_lag", frozenset({("partition", "1")}))] == 0
 
 
-def gateway_reading(**changes: int) -> GatewayReading:
-    counts = dict.fromkeys(GatewayReading.__dataclass_fields__, 0)
+def gateway_reading(**changes: Any) -> GatewayReading:
+    counts: dict[str, Any] = {**dict.fromkeys(GatewayReading.__dataclass_fields__, 0), "lag": {}}
     return GatewayReading(**{**counts, **changes})
 
 
 def test_a_gateways_exposition_is_read_from_its_counters_at_scrape() -> None:
-    reading = gateway_reading(sockets_open=3, pushed=7, acked=5, tracked=11, suppressed=2)
+    reading = gateway_reading(sockets_open=3, pushed=7, acked=5, tracked=11, suppressed=2, lag={0: 0, 3: 40})
     samples = parsed(exposition(gateway_registry(lambda: reading)))
+    assert samples[("nudge_deliverer_lag", frozenset({("partition", "3")}))] == 40
+    assert samples[("nudge_deliverer_lag", frozenset({("partition", "0")}))] == 0
+    assert ("nudge_deliverer_lag", frozenset({("partition", "1")})) not in samples  # not known: absent
     assert samples[("nudge_sockets_open", frozenset())] == 3
     assert samples[("nudge_pushes_delivered_total", frozenset())] == 7
     assert samples[("nudge_pushes_acked_total", frozenset())] == 5
