@@ -349,34 +349,47 @@ class ProbeProducer:
         total = int(self.rate * seconds)
         produced = into if into is not None else Produced()
         start = time.time()
-        while produced.events < total:
-            now_due = min(total, int((time.time() - start) * self.rate) + 1)
-            due_now: list[tuple[int, bytes]] = []
-            while produced.events < now_due:
-                due = start + produced.events / self.rate
-                user = picker.choice(self.users)
-                stamp_ms = max(int(due * 1000), self._last_ms.get(user, 0) + 1)
-                self._last_ms[user] = stamp_ms
-                stamp = iso_from_ms(stamp_ms)
-                triggering = picker.random() < TRIGGER_SHARE
-                event = _event(user, f"bench-{label}-{produced.events}", stamp, triggering=triggering, picker=picker)
-                if due_in_event:
-                    event["properties"]["bench_due"] = due
-                due_now.append((partition_for(user, self.partitions), orjson.dumps(event)))
-                if triggering:
-                    produced.triggers += 1
-                    produced.due[(user, stamp)] = due
-                produced.events += 1
-            deliveries.append(asyncio.create_task(batcher.submit(due_now)))
-            while deliveries[0].done():
-                deliveries.popleft().result()  # a delivery failure ends the run here
-            delay = start + produced.events / self.rate - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await batcher.drain()
-        await asyncio.gather(*deliveries)
+        try:
+            while produced.events < total:
+                due_now = self._take_due(picker, label, produced, start=start, total=total, due_in_event=due_in_event)
+                deliveries.append(asyncio.create_task(batcher.submit(due_now)))
+                while deliveries[0].done():
+                    deliveries.popleft().result()  # a delivery failure ends the run here
+                delay = start + produced.events / self.rate - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await batcher.drain()
+            while deliveries:
+                await deliveries.popleft()
+        finally:  # stopped (Ctrl-C) or a delivery failed: no delivery left running against a producer about to close
+            for task in deliveries:
+                task.cancel()
+            await asyncio.gather(*deliveries, return_exceptions=True)
         produced.achieved_rate = round(total / (time.time() - start), 1)
         return produced
+
+    def _take_due(
+        self, picker: random.Random, label: str, produced: Produced, *, start: float, total: int, due_in_event: bool
+    ) -> list[tuple[int, bytes]]:
+        """The events due by now (open loop: event ``i`` at ``start + i / rate``), counted into ``produced``."""
+        now_due = min(total, int((time.time() - start) * self.rate) + 1)
+        due_now: list[tuple[int, bytes]] = []
+        while produced.events < now_due:
+            due = start + produced.events / self.rate
+            user = picker.choice(self.users)
+            stamp_ms = max(int(due * 1000), self._last_ms.get(user, 0) + 1)
+            self._last_ms[user] = stamp_ms
+            stamp = iso_from_ms(stamp_ms)
+            triggering = picker.random() < TRIGGER_SHARE
+            event = _event(user, f"bench-{label}-{produced.events}", stamp, triggering=triggering, picker=picker)
+            if due_in_event:
+                event["properties"]["bench_due"] = due
+            due_now.append((partition_for(user, self.partitions), orjson.dumps(event)))
+            if triggering:
+                produced.triggers += 1
+                produced.due[(user, stamp)] = due
+            produced.events += 1
+        return due_now
 
 
 def _event(user: str, message_id: str, stamp: str, *, triggering: bool, picker: random.Random) -> dict[str, Any]:

@@ -32,12 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     # SIGTERM stops a command as Ctrl-C does, so that the stack a bench or the fault suite started is stopped with it
-    # (by default SIGTERM ends the process at once and leaves broker, worker and gateway running). Commands that serve
-    # (dev, cluster, gateway, worker) install their own handler for both signals.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # (by default SIGTERM ends the process at once and leaves broker, worker and gateway running). It raises SIGINT
+    # rather than KeyboardInterrupt, so that asyncio.run's own Ctrl-C handling cancels the running tasks in order.
+    # Commands that serve (dev, cluster, gateway, worker) install their own handler for both signals.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
+        print(f"nudge {args.command}: stopped", file=sys.stderr)
         return 130
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import orjson
 import psutil
@@ -102,24 +103,27 @@ def test_cluster_runs_two_workers_and_two_gateways_that_all_serve_then_stops_the
             process.kill()
 
 
-def test_a_bench_stopped_with_sigterm_stops_the_stack_it_started() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "bench", "--soak", "--minutes", "2", "--rate", "20", "--clients", "5"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def test_a_bench_stopped_with_sigterm_stops_the_stack_it_started(tmp_path: Path) -> None:
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "bench", "--soak", "--minutes", "2", "--rate", "200", "--clients", "5"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         deadline = time.monotonic() + 120
-        children: list[psutil.Process] = []
-        while len(children) < 4 and time.monotonic() < deadline:  # the broker, the worker, the gateway, the clients
-            assert process.poll() is None, "the bench ended before its stack was up"
-            children = psutil.Process(process.pid).children(recursive=True)
+        while b"soak: 0:10" not in stderr.read_bytes() and time.monotonic() < deadline:  # producing, mid-run
+            assert process.poll() is None, stderr.read_text()
             time.sleep(0.2)
-        assert len(children) >= 4, [c.cmdline() for c in children]
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert len(children) >= 4, [c.cmdline() for c in children]  # the broker, the worker, the gateway, the clients
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 130
         _, alive = psutil.wait_procs(children, timeout=10)
         assert not [c for c in alive if c.status() != psutil.STATUS_ZOMBIE], [c.cmdline() for c in alive]
+        said = stderr.read_text()
+        assert said.endswith("nudge bench: stopped\n") and "Traceback" not in said, said[-2000:]
     finally:
         if process.poll() is None:
             process.kill()
