@@ -24,6 +24,7 @@ import orjson
 from app.bench import PARTITIONS, produce_batched, wait_until_processed
 from app.devstack import DevStack
 from app.events import user_key
+from app.percentiles import percentiles
 from app.simulate import simulate_events
 
 GOAL_P99_MS = 5.0
@@ -125,21 +126,12 @@ async def _open_loop(
     requests = OpenLoop(session, url, rate=rate)
     achieved = await requests.run(seconds)
     latencies, errors = requests.take()
-    latencies.sort()
     return {
         "requests": int(rate * seconds),
         "achieved_rate": round(achieved, 1),
         "errors": errors,
-        "p50_ms": _percentile_ms(latencies, 0.50),
-        "p99_ms": _percentile_ms(latencies, 0.99),
-        "max_ms": round(latencies[-1] * 1000, 3) if latencies else None,
+        **percentiles(latencies, digits=3),
     }
-
-
-def _percentile_ms(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return float("nan")
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ import statistics
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from app.devstack import DevStack, create_topic
 from app.events import decode_record, iso_from_ms
 from app.offsets import read_range
 from app.partitioning import partition_for
+from app.percentiles import percentiles
 from app.stack_client import end_offsets
 
 GOAL_P99_MS = 50.0
@@ -427,18 +428,6 @@ async def probe_decisions(bootstrap: str, starts: dict[int, int], partitions: in
                     value["userId"], value["timestamp"], value["outcome"], value.get("reason"), record.timestamp
                 )
     return decisions
-
-
-def percentiles(seconds: Sequence[float]) -> dict[str, float | None]:
-    """p50, p99 and max of latencies given in seconds, in milliseconds (``None`` for none)."""
-    ordered = sorted(seconds)
-    if not ordered:
-        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
-
-    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": round(ordered[-1] * 1000, 2)}
 
 
 def _summary(

@@ -51,13 +51,13 @@ from app.bench_e2e import (
     ProbeRig,
     Produced,
     check_load,
-    percentiles,
     probe_decisions,
     probe_rig,
     raise_open_files_limit,
 )
 from app.bench_processes import cpu_percent, cpu_seconds, resident_mb
 from app.bench_soak_report import memory_note, memory_report, plot_soak
+from app.percentiles import percentiles
 from app.stack_client import end_offsets
 
 MAX_MINUTES = 180.0

@@ -48,6 +48,7 @@ from app.events import iso_from_ms
 from app.fault_clients import SilentSocket, Tab, token
 from app.faults import Fault, FaultReport
 from app.offsets import read_range
+from app.percentiles import nearest_rank
 from app.stack_client import end_offsets, wait_for
 from ws.delivery import inbox_key
 
@@ -772,8 +773,7 @@ def _gateway_counts(health: dict[str, Any]) -> dict[str, Any]:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+    return nearest_rank(sorted(values), q) if values else 0.0
 
 
 def _summary(seconds: list[float]) -> dict[str, float]:
