@@ -8,6 +8,8 @@ marketing consent) and then sent, pushed and acked.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.devstack import DevStack
+from app.devstack import DevStack, EmbeddedRedis
+from app.events import iso_from_ms
 from tests.integration.conftest import wait_for
 from tests.integration.test_consent import outcomes
 from tests.integration.test_gateway import tab, token_for
@@ -187,3 +190,34 @@ def deliverer_lag(at_gateway: Samples) -> dict[str, float]:
     """``nudge_deliverer_lag`` per partition label."""
     lag = {labels: left for (name, labels), left in at_gateway.items() if name == "nudge_deliverer_lag"}
     return {dict(labels)["partition"]: left for labels, left in lag.items()}
+
+
+async def test_the_deliverers_lag_grows_while_redis_is_away_and_drains_when_it_is_back(tmp_path: Path) -> None:
+    env = {**rule_files(tmp_path, triggers=TRIGGERS), "NUDGE_DEFAULT_CONSENT": "analytics,personalization,marketing"}
+    redis = EmbeddedRedis(private_dir=tmp_path / "redis")  # the stack's own, to stop under it
+    async with DevStack(root=tmp_path / "stack", extra_env=env, redis=redis) as stack:
+        gateway = stack.gateway.url
+
+        async def lag() -> dict[str, float]:
+            return deliverer_lag(await samples(gateway, stack.api_key))
+
+        async def caught_up() -> bool:
+            known = await lag()
+            return bool(known) and set(known.values()) == {0}
+
+        await wait_for(caught_up, timeout=30, what="the deliverer's lag known and zero")
+        await asyncio.to_thread(redis.stop)
+        try:
+            now = iso_from_ms(int(time.time() * 1000))  # not older than the inbox TTL: those are not pushed
+            offers = [{**viewed(f"away-{i}", 1), "event": "Help Wanted", "timestamp": now} for i in range(3)]
+            status, answer = await post(stack, "/v1/batch", {"batch": offers}, stack.write_key)
+            assert (status, answer) == (200, {"success": True}), answer
+
+            async def behind() -> bool:
+                return sum((await lag()).values()) == 3  # three offers decided, none delivered
+
+            await wait_for(behind, timeout=30, what="the three undelivered offers in the deliverer's lag")
+        finally:
+            await asyncio.to_thread(redis.start)
+        await wait_for(caught_up, timeout=30, what="the deliverer to drain once Redis is back")
+        assert value(await samples(gateway, stack.api_key), "nudge_inbox_writes_total") == 3
