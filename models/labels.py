@@ -71,8 +71,8 @@ def sampling_due(pending: tuple[Sample, ...], now_ms: int, horizon_ms: int) -> b
 
 
 def add(pending: tuple[Sample, ...], sample: Sample) -> tuple[Sample, ...]:
-    """Keep ``sample`` until it is resolved (the oldest are dropped past :data:`MAX_PENDING`: bounded memory, which
-    only merged insights reach when samples are taken as :func:`sampling_due` says)."""
+    """Keep ``sample`` until it is resolved. The oldest are dropped past :data:`MAX_PENDING` (bounded memory); with
+    samples taken as :func:`sampling_due` says, only a merge of two users' samples gets that far."""
     return (*pending[-(MAX_PENDING - 1) :], sample)
 
 
