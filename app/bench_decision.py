@@ -11,6 +11,7 @@ floor on this machine, in the same run. Medians of the runs' percentiles are rep
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import statistics
 import sys
@@ -135,9 +136,14 @@ async def _open_loop(
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the runs; a run with no answer at all has no percentiles and counts as NaN (goal not met)."""
+
+    def median(key: str) -> float:
+        return round(statistics.median(math.nan if r[key] is None else r[key] for r in runs), 3)
+
     return {
-        "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 3),
-        "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
+        "p50_ms": median("p50_ms"),
+        "p99_ms": median("p99_ms"),
         "max_ms": max(r["max_ms"] or 0 for r in runs),
         "errors": sum(r["errors"] for r in runs),
         "requests": sum(r["requests"] for r in runs),
