@@ -91,7 +91,8 @@ async def ingest(stream: Any) -> None:
                 log.warning("%s/%d: records %d..%d skipped by the consumer; reading them directly",
                             message.topic, message.partition, start, message.offset - 1)  # fmt: skip
                 await read_directly(message.topic, message.partition, start, message.offset)
-            await _process(message.topic, message.partition, message.offset, message.key, message.value)
+            stamp = None if message.timestamp is None else round(message.timestamp * 1000)  # Faust: seconds
+            await _process(message.topic, message.partition, message.offset, message.key, message.value, stamp)
 
 
 async def read_directly(topic: str, partition: int, start: int, end: int) -> int:
@@ -101,7 +102,7 @@ async def read_directly(topic: str, partition: int, start: int, end: int) -> int
         log.error("%s/%d: only %d of records %d..%d exist", topic, partition, len(records), start, end - 1)
     for record in records:
         if offsets.check(partition, record.offset) is not Verdict.ALREADY_DONE:
-            await _process(topic, partition, record.offset, record.key, record.value)
+            await _process(topic, partition, record.offset, record.key, record.value, record.timestamp)
     return len(records)
 
 
@@ -112,8 +113,15 @@ async def _stop_direct_reader(*_: Any, **__: Any) -> None:
 app.on_before_shutdown.connect(_stop_direct_reader)
 
 
-async def _process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+async def _process(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, record_ms: int | None
+) -> None:
+    # "Now" for the record's events is when it was produced: an event sent without a timestamp gets the same one
+    # when the record is processed again after a crash, and so do the decisions it causes (their ids include it).
+    # A record stamped in the future by its producer counts as produced now.
     now_ms = int(time.time() * 1000)
+    if record_ms is not None and 0 < record_ms < now_ms:
+        now_ms = record_ms
     secret = settings.secret.encode()
     plan = split_record(value, partition=partition, partitions=settings.partitions, now_ms=now_ms, secret=secret)
     folded = await pipeline.process(
