@@ -1,9 +1,10 @@
 """Commit ``nudge.events`` offsets ourselves: only what was processed without a hole, after the writes it caused.
 
 Faust's own acking is off for the events topic (see :mod:`app.offsets` for why). Every second this timer waits until
-the producer has delivered everything queued so far (changelog batches, DLQ records, forwards, and the snapshots of
-models that learned since the last commit), then commits, per partition, the offset after the last record
-processed contiguously -- quix-streams' checkpoint order.
+the producer has delivered everything queued so far (changelog records, including the staged ones of
+:class:`tables.changelog.StagedWrites`, DLQ records, forwards, and the snapshots of models that learned since the
+last commit), then commits, per partition, the offset after the last record processed contiguously -- quix-streams'
+checkpoint order.
 
 The model snapshots are also written when the group takes partitions away (a rebalance) and before a clean shutdown
 (SIGTERM): otherwise the next owner would continue the models from the previous snapshot while skipping, as already
@@ -31,6 +32,7 @@ async def commit_events_offsets() -> None:
     snapshotted = await _snapshot_models()
     if not pending and not snapshotted:
         return
+    await pipeline.settled()
     await app.producer.flush()
     pipeline.learning.delivered(snapshotted)
     if not pending:
@@ -67,9 +69,9 @@ async def _deliver_snapshots(*_: Any, **__: Any) -> None:
     """
     try:
         snapshotted = await _snapshot_models()
-        if snapshotted:
-            await app.producer.flush()
-            pipeline.learning.delivered(snapshotted)
+        await pipeline.settled()  # the table writes too: a late write would land after the next owner's
+        await app.producer.flush()
+        pipeline.learning.delivered(snapshotted)
     except Exception as error:  # then only the learning since the last snapshot is lost, as after a crash
         log.warning("model snapshot before a rebalance or shutdown failed: %r", error)
 

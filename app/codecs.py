@@ -48,6 +48,7 @@ def encode_insight(insight: Insight) -> bytes:
                 "day": insight.triggers.day,
                 "counted_today": insight.triggers.counted_today,
             },
+            "source": insight.source,
         }
     )
 
@@ -73,6 +74,7 @@ def decode_insight(data: bytes) -> Insight:
             day=raw["triggers"]["day"],
             counted_today=raw["triggers"]["counted_today"],
         ),
+        source=(raw["source"][0], raw["source"][1]) if "source" in raw else (-1, -1),
     )
 
 

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, cast
 
 import orjson
@@ -34,7 +35,7 @@ from models.consent import CONSENT_EVENT
 from models.insight import Effect, Insight, SegmentChange, merge_insights, on_clock, on_event
 from models.partition import PartitionModels
 from models.triggers import Decision
-from tables.changelog import BulkTableWriter
+from tables.changelog import BulkTableWriter, StagedWrites
 from tables.profile import Profile, Step, merge_profiles, record_steps
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Pipeline:
         self.alias_writer = alias_writer
         self.erasures = erasures
         self.erasure_writer = erasure_writer
+        self.staged = StagedWrites([insight_writer, profile_writer, erasure_writer], flush=app.producer.flush)
         self.audit_topic = audit_topic
         self.secret = secret
         self._pending_hand_overs: list[tuple[str, Event]] = []
@@ -207,9 +209,14 @@ class Pipeline:
                 if not step.profiled:
                     self._count_anonymously(step.event.name)
             self.profile_writer.put(user_id, steps[-1].after, partition=partition)
+            before = insight = self.insights.data.get(user_id)
+            if insight is not None and insight.applied(partition, offset):
+                # Redelivered after a crash that came between the insight's write and the profile's: the insight,
+                # and what this record caused, were delivered (StagedWrites); only the profile was missing.
+                self.clocks.observe(partition, steps[-1].event.timestamp_ms)
+                continue
             audits += self._consent_audits(steps)
             started = clock()
-            before = insight = self.insights.data.get(user_id)
             for step in steps:
                 insight, effects = on_event(
                     insight,
@@ -224,7 +231,7 @@ class Pipeline:
                 self.clocks.observe(partition, step.event.timestamp_ms)
             score_s += clock() - started
             assert insight is not None
-            self._store(user_id, before, insight, partition)
+            self._store(user_id, before, replace(insight, source=(partition, offset)), partition)
             outgoing += self._links(steps[-1].after, steps)
         if folded:
             self.metrics.fold_seconds.observe(fold_s)
@@ -420,12 +427,18 @@ class Pipeline:
             self._store(user_id, insight, updated, partition)
 
     async def flush(self) -> None:
-        """Queue the table writes of everything processed so far (call before the record counts as processed)."""
+        """Queue the table writes of everything processed so far (call before the record counts as processed).
+
+        Aliases and decision records go straight to the producer, like the topic records sent during processing;
+        insights, then profiles, then erasure markers follow in stages (:class:`tables.changelog.StagedWrites`).
+        """
         await self.alias_writer.flush()
-        await self.erasure_writer.flush()
-        await self.profile_writer.flush()
-        await self.insight_writer.flush()
         await self.message_writer.flush()
+        self.staged.queue()
+
+    async def settled(self) -> None:
+        """Wait until every table write queued so far is in the producer (``producer.flush()`` then delivers it)."""
+        await self.staged.settled()
 
     def _carry_out(
         self,

@@ -59,6 +59,13 @@ class Insight:
     #: Event time of the latest update.
     as_of_ms: int = 0
     triggers: TriggerState = field(default_factory=TriggerState)
+    #: ``(partition, offset)`` of the last ``nudge.events`` record applied, as the profile keeps it: after a crash
+    #: the insight may hold a record whose profile was not written yet (see :class:`tables.changelog.StagedWrites`).
+    source: tuple[int, int] = (-1, -1)
+
+    def applied(self, partition: int, offset: int) -> bool:
+        """Whether the record at ``partition``/``offset`` was applied to this insight already."""
+        return partition == self.source[0] and offset <= self.source[1]
 
     def due_ms(self, horizon_ms: int) -> int | None:
         """When :func:`on_clock` has work for this user: a label expires, a segment may change, a trigger is due."""
@@ -269,5 +276,6 @@ def _segments_and_triggers(
         recheck_ms=recheck,
         as_of_ms=scored.as_of_ms,
         triggers=state,
+        source=insight.source,
     )
     return updated, effects

@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from app.devstack import DevStack
+from app.codecs import decode_insight, decode_profile
+from app.devstack import DevStack, Node
+from app.offsets import read_range
 from app.simulate import simulate_events
 from tables.profile_view import profile_view
 from tests.integration.conftest import (
@@ -70,6 +72,54 @@ async def test_sigkill_mid_stream_ends_with_the_uninterrupted_profiles(stack: De
         ) from None
     # The restarted worker re-read records the dead one had applied but not committed, and skipped them.
     assert (await stats(stack, restarted.url))["duplicates"] > 0
+
+
+async def test_a_worker_killed_under_load_never_leaves_a_profile_ahead_of_its_insight(stack: DevStack) -> None:
+    """The profile is the fold's marker: a redelivered record it holds is skipped whole. So when a worker dies, the
+    changelogs must not hold a profile that folded a record its insight never applied (the armed cart timer of that
+    record would be lost). Before the staged writes, a profile batch regularly left one request ahead of its insight;
+    with the stages swapped, one kill in three caught it, so the worker is killed three times under load.
+    """
+    events = [e for e in simulate_events(users=400, events=150_000, seed=11) if isinstance(e, dict)]
+    producing = asyncio.create_task(produce_batched(stack.broker.bootstrap, events, partitions=8, rate=3_000))
+    worker = stack.nodes[0]
+    for round in range(3):
+
+        async def busy(node: Node = worker) -> bool:
+            return (await stats(stack, node.url))["folded"] >= 3_000
+
+        await wait_for(busy, timeout=60, what="the worker to fold 3,000 events")
+        worker.kill()
+        assert not producing.done(), "the stream must still be flowing when the worker dies"
+        profiles = await _last_values(stack, "profiles")
+        insights = await _last_values(stack, "insights")
+        assert len(profiles) > 100
+        ahead = []
+        for user, raw in profiles.items():
+            profile = decode_profile(raw)
+            insight = decode_insight(insights[user]) if user in insights else None
+            applied = insight is not None and insight.applied(profile.source_partition, profile.source_offset)
+            if profile.source_offset >= 0 and not applied:
+                ahead.append((user, (profile.source_partition, profile.source_offset), insight and insight.source))
+        assert ahead == [], f"kill {round + 1}: {len(ahead)} profiles ahead of their insight: {ahead[:3]}"
+        worker = stack.new_worker(round + 1)
+        worker.start()
+        stack.nodes.append(worker)
+        await worker.wait_ready()
+    producing.cancel()
+
+
+async def _last_values(stack: DevStack, table: str) -> dict[str, bytes]:
+    """The latest value of each key in a table's changelog, as a new owner's recovery would read it."""
+    topic = f"{stack.app_id}-{table}-changelog"
+    latest: dict[str, bytes] = {}
+    for partition, end in (await end_offsets(stack.broker.bootstrap, topic, 8)).items():
+        for record in await read_range(stack.broker.bootstrap, topic, partition, 0, end):
+            if record.value is None:
+                latest.pop(record.key.decode(), None)
+            else:
+                latest[record.key.decode()] = record.value
+    return latest
 
 
 def _events(view: dict[str, object]) -> int:

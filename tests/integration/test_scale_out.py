@@ -94,7 +94,7 @@ async def test_a_killed_worker_hands_over_profiles_and_timers_while_both_gateway
             # The armed timers fire on the survivor: each carted user gets the cart pop-up on their gateway.
             for user in carted:
                 messages = await tabs[user].wait_for_messages(2, timeout=60)
-                assert messages[1]["payload"]["title"] == "Still thinking about Trail boots?"
+                assert messages[1]["payload"]["title"] == "Still thinking about Trail boots?", messages
             # Every user's profile moved over intact and new events are decided by the survivor.
             for user in users:
                 status, profile = await get_json(f"{survivor.url}/v1/users/{user}/profile", api_key=stack.api_key)
