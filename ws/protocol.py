@@ -10,7 +10,8 @@ effects, in order, that the shell must carry out:
 - :class:`Close`: close that connection with ``code`` and ``reason``, and call :meth:`Hub.closed` when it is gone. The
   hub has already forgotten the connection: it sends it nothing more and ignores whatever else it receives.
 - :class:`Produce`: produce ``event`` (a Segment track event, known to encode with ``orjson``) to ``nudge.events``
-  keyed by ``user_id``.
+  keyed by ``user_id``; once the broker has stored it, call :meth:`Hub.stored` and carry out its effects (the
+  receipt). If it cannot be stored, close that connection: the browser sends the event again on its next one.
 - :class:`Acked`: delete ``message_id`` from ``user_id``'s Redis inbox. It is issued once per (user, message) however
   many tabs ack it.
 
@@ -23,10 +24,13 @@ Browser frames are JSON text::
 
     {"type": "ack", "id": "<message id>"}
     {"type": "track", "event": "<name>", "properties": {...}, "messageId"?: "<id>", "timestamp"?: "<ISO-8601>"}
-    {"type": "consent", "categoryPreferences": {"marketing": false, ...}}
+    {"type": "consent", "categoryPreferences": {"marketing": false, ...}, "messageId"?: "<id>"}
     {"type": "ping"}
 
-and the hub answers with ``{"type": "message", "id": "<message id>", "payload": {...}}`` and ``{"type": "pong"}``.
+and the hub answers with ``{"type": "message", "id": "<message id>", "payload": {...}}``, ``{"type": "pong"}`` and,
+for each track or consent event once the broker stored it, ``{"type": "stored", "id": "<its messageId>"}``. The SDK
+keeps an event until that receipt and sends it again on its next connection if the socket closes first, so a
+gateway killed with events in its buffers loses none; the worker skips a second copy by its ``messageId``.
 Anything else closes that connection only, with one of the ``CLOSE_*`` codes below; it never raises.
 """
 
@@ -81,10 +85,11 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class Produce:
-    """Produce ``event`` to ``nudge.events`` with key ``user_id`` (always the authenticated user)."""
+    """Produce ``event`` to ``nudge.events`` with key ``user_id`` (always the authenticated user), for ``conn_id``."""
 
     user_id: str
     event: dict[str, Any]
+    conn_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,9 +306,7 @@ class Hub:
         elif not isinstance(properties, dict):
             return self._close(conn_id, CLOSE_MALFORMED, "track frame: properties must be an object")
         message_id = frame.get("messageId")
-        if message_id is not None and (
-            not isinstance(message_id, str) or not message_id or len(message_id) > MAX_MESSAGE_ID_LENGTH
-        ):
+        if not _valid_message_id(message_id):
             return self._close(
                 conn_id, CLOSE_MALFORMED, f"track frame: messageId must be 1 to {MAX_MESSAGE_ID_LENGTH} characters"
             )
@@ -331,7 +334,7 @@ class Hub:
             orjson.dumps(event)
         except orjson.JSONEncodeError:
             return self._close(conn_id, CLOSE_MALFORMED, "track frame: properties are nested too deeply")
-        return [Produce(connection.user_id, event)]
+        return [Produce(connection.user_id, event, conn_id)]
 
     def _consent(self, conn_id: int, connection: _Connection, frame: dict[str, Any], now: float) -> list[Effect]:
         try:
@@ -340,16 +343,27 @@ class Hub:
             )
         except ValueError as error:
             return self._close(conn_id, CLOSE_MALFORMED, str(error))
+        message_id = frame.get("messageId")
+        if not _valid_message_id(message_id):
+            return self._close(
+                conn_id, CLOSE_MALFORMED, f"consent frame: messageId must be 1 to {MAX_MESSAGE_ID_LENGTH} characters"
+            )
         connection.tracks += 1
         event: dict[str, Any] = {
             "type": "track",
             "userId": connection.user_id,
             "event": CONSENT_EVENT,
             "properties": {"source": "websocket"},
-            "messageId": _derived_message_id(connection.user_id, conn_id, connection.tracks, now),
+            "messageId": message_id or _derived_message_id(connection.user_id, conn_id, connection.tracks, now),
             "context": {"channel": "websocket", "consent": {"categoryPreferences": preferences}},
         }
-        return [Produce(connection.user_id, event)]
+        return [Produce(connection.user_id, event, conn_id)]
+
+    def stored(self, conn_id: int, message_id: str) -> list[Effect]:
+        """The event ``message_id`` that ``conn_id`` sent is stored by the broker: tell that browser, if still here."""
+        if conn_id not in self._connections:
+            return []
+        return [Send(conn_id, orjson.dumps({"type": "stored", "id": message_id}).decode())]
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
 
@@ -395,6 +409,11 @@ def _utf8_size(data: str | bytes, limit: int) -> int:
         # A character is at least one byte, so more characters than the limit is already too big.
         return len(data)
     return len(data.encode("utf-8", "surrogatepass"))
+
+
+def _valid_message_id(message_id: object) -> bool:
+    """A frame's ``messageId`` is optional; if given, a string of 1 to ``MAX_MESSAGE_ID_LENGTH`` characters."""
+    return message_id is None or (isinstance(message_id, str) and 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH)
 
 
 def _derived_message_id(user_id: str, conn_id: int, sequence: int, now: float) -> str:

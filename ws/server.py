@@ -267,11 +267,23 @@ class Gateway:
                     assert key is not None
                     event = encrypt_fields(event, key, effect.user_id, fields)
                 partition = partition_for(effect.user_id, self.settings.partitions)
-                self._spawn(self._batcher.submit([(partition, orjson.dumps(event))]))
+                self._spawn(self._store(effect.conn_id, event["messageId"], partition, orjson.dumps(event)))
             elif isinstance(effect, Acked):
                 self.counts["acked"] += 1
                 self._spawn(delivery.acknowledge(self.redis, self.prefix, effect.user_id, effect.message_id))
         return written
+
+    async def _store(self, conn_id: int, message_id: str, partition: int, data: bytes) -> None:
+        """Produce one browser event; then send its receipt, or close the socket so the browser sends it again."""
+        try:
+            await self._batcher.submit([(partition, data)])
+        except Exception as error:
+            log.warning("could not store an event of socket %d (%r): closing it, the browser resends", conn_id, error)
+            connection = self._sockets.pop(conn_id, None)
+            if connection is not None:
+                await connection.close(CLOSE_TRY_AGAIN_LATER, "try again later: events cannot be stored now")
+            return
+        await self.carry_out(self.hub.stored(conn_id, message_id))
 
     def _send(self, conn_id: int, text: str) -> bool:
         connection = self._sockets.get(conn_id)

@@ -3,6 +3,8 @@ websocket that names the item -- while a shopper in the holdout group gets nothi
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from redis.asyncio import Redis
 from app.devstack import DevStack
 from models.triggers import in_holdout
 from tests.integration.browser import artifact_path, launch_browser
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import get_json, wait_for
 from tests.integration.test_gateway import decisions
 from tests.integration.test_intelligence import rule_files
 from ws.delivery import inbox
@@ -101,3 +103,41 @@ async def test_a_shopper_who_leaves_a_filled_cart_gets_a_pop_up_naming_the_item(
         await expect(control_page.locator("#nudge-status")).to_have_attribute("data-state", "open", timeout=15_000)
         await expect(control_page.get_by_role("dialog")).to_have_count(0)
         await control_page.screenshot(path=artifact_path("store-holdout.png"))
+
+
+async def test_events_a_killed_gateway_never_stored_are_sent_again_by_the_sdk_and_counted_once(tmp_path: Path) -> None:
+    user = "demo-resending-shopper"
+    async with DevStack(root=tmp_path / "stack", keep_files=True) as stack, launch_browser() as browser:
+        page = await (await browser.new_context()).new_page()
+        await open_store(page, stack, user)
+
+        async def counts() -> dict[str, int]:
+            status, body = await get_json(f"{stack.http}/v1/users/{user}/profile", api_key=stack.api_key)
+            return dict(body["event_counts"]) if status == 200 else {}
+
+        async def landed() -> bool:
+            return (await counts()).get("Product List Viewed") == 1
+
+        await wait_for(landed, timeout=30, what="the store's first event")
+        # The gateway freezes: the browser's frames reach its socket buffer and go no further. Then it is killed.
+        gateway = stack.gateway
+        assert gateway.process is not None
+        os.kill(gateway.process.pid, signal.SIGSTOP)
+        await page.evaluate("() => [1, 2, 3, 4, 5].forEach((n) => window.demoStore.client.track('Help Wanted', {n}))")
+        gateway.kill()
+        gateway.start()
+        await gateway.wait_ready()
+        await expect(page.locator("#nudge-status")).to_have_attribute("data-state", "open", timeout=30_000)
+
+        async def resent() -> bool:
+            return (await counts()).get("Help Wanted") == 5
+
+        await wait_for(resent, timeout=30, what="the five events, sent again after the reconnect")
+        # A later event is folded after any second copy would have been: still five, none counted twice.
+        await page.evaluate("() => window.demoStore.client.track('Cart Viewed', {})")
+
+        async def later() -> bool:
+            return (await counts()).get("Cart Viewed") == 1
+
+        await wait_for(later, timeout=30, what="the later event")
+        assert (await counts())["Help Wanted"] == 5

@@ -63,6 +63,8 @@ class Tab:
     def __init__(self, socket: ClientConnection) -> None:
         self.socket = socket
         self.messages: list[dict[str, Any]] = []
+        #: messageIds of the events the gateway said it stored.
+        self.stored: list[str] = []
 
     async def track(self, event: str, **fields: Any) -> None:
         await self.socket.send(orjson.dumps({"type": "track", "event": event, **fields}).decode())
@@ -74,6 +76,12 @@ class Tab:
             frame = orjson.loads(await asyncio.wait_for(self.socket.recv(), timeout=10))
             if frame["type"] == "pong":
                 return self.messages
+            self._note(frame)
+
+    def _note(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "stored":
+            self.stored.append(frame["id"])
+        else:
             self.messages.append(frame)
 
     async def wait_for_messages(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
@@ -86,8 +94,8 @@ class Tab:
                 frame = orjson.loads(await asyncio.wait_for(self.socket.recv(), timeout=left))
             except TimeoutError:
                 continue
-            if frame["type"] == "message":
-                self.messages.append(frame)
+            if frame["type"] != "pong":
+                self._note(frame)
         return self.messages
 
     async def ack(self, message_id: str) -> None:
@@ -134,9 +142,10 @@ async def test_a_user_receives_only_their_own_messages_and_cannot_speak_for_anot
         tab(stack.gateway, await token_for(stack, "bob")) as bob,
     ):
         # ann claims to be bob: the gateway stamps her own id on the event.
-        await ann.track("Help Wanted", userId="bob", anonymousId="bob", context={"userId": "bob"})
+        await ann.track("Help Wanted", userId="bob", anonymousId="bob", context={"userId": "bob"}, messageId="ann-1")
         [pushed] = await ann.wait_for_messages(1)
         assert pushed["payload"]["title"] == "Need a hand?"
+        assert ann.stored == ["ann-1"]  # the receipt: stored by the broker, the SDK may forget it
         assert [d["id"] for d in await decisions(stack, "ann")] == [pushed["id"]]
         assert await decisions(stack, "bob") == []
         assert await bob.drain() == []

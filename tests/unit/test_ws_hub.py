@@ -178,6 +178,8 @@ def test_a_binary_frame_is_refused_even_if_it_holds_json() -> None:
         text(type="consent"),
         text(type="consent", categoryPreferences={"ads": True}),
         text(type="consent", categoryPreferences={"marketing": 1}),
+        text(type="consent", categoryPreferences={"marketing": True}, messageId=""),
+        text(type="consent", categoryPreferences={"marketing": True}, messageId=["m"]),
         '{"type":"track","event":"Deep","properties":{"a":' + "[" * 300 + "]" * 300 + "}}",
         '"\ud800"',
     ],
@@ -348,8 +350,18 @@ def test_a_track_frame_is_stamped_with_the_authenticated_user() -> None:
                 "timestamp": "2026-03-01T11:59:59.000Z",
                 "context": {"channel": "websocket"},
             },
+            1,
         )
     ]
+
+
+def test_a_stored_event_gets_a_receipt_on_the_connection_that_sent_it_while_it_is_open() -> None:
+    hub = hub_with((1, ALICE), (2, ALICE))
+    [produce] = hub.received(2, text(type="track", event="Cart Viewed", messageId="msg-7"), NOW)
+    assert isinstance(produce, Produce) and produce.conn_id == 2
+    assert hub.stored(2, "msg-7") == [Send(2, '{"type":"stored","id":"msg-7"}')]
+    hub.closed(2)
+    assert hub.stored(2, "msg-7") == []  # the browser sends it again on its next connection
 
 
 def test_a_track_frame_without_properties_or_message_id_gets_them() -> None:
@@ -481,6 +493,9 @@ def test_a_consent_frame_becomes_a_consent_event_of_the_authenticated_user() -> 
         "channel": "websocket",
         "consent": {"categoryPreferences": {"marketing": False}},
     }
+    # The SDK names it, so that a copy sent again after a reconnect is recognised.
+    [named] = hub.received(1, text(type="consent", categoryPreferences={"marketing": True}, messageId="c-1"), NOW)
+    assert isinstance(named, Produce) and named.event["messageId"] == "c-1"
     [refused] = hub.received(1, text(type="consent", categoryPreferences={"ads": True}), NOW)
     assert isinstance(refused, Close) and refused.reason.startswith(
         "consent frame: categoryPreferences: unknown purpose"

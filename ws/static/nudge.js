@@ -14,10 +14,15 @@
  *   browser -> server  {"type":"track","event","properties","messageId","timestamp"}, {"type":"ack","id"},
  *                      {"type":"consent","categoryPreferences":{"marketing":false}},
  *                      {"type":"ping"}
- *   server -> browser  {"type":"message","id","payload":{"title","body",...}}, {"type":"pong"}
+ *   server -> browser  {"type":"message","id","payload":{"title","body",...}}, {"type":"stored","id"},
+ *                      {"type":"pong"}
  *
  * Delivery is at least once: the same message id may arrive again (another tab, a reconnect, a gateway restart).
  * The SDK shows each id once and acks every copy, so the server can forget it.
+ *
+ * Track and consent events are at least once too: each is kept until the server says it is stored ("stored" with
+ * its messageId) and sent again on the next connection if the socket closes first (a gateway that died with it
+ * in its buffer). The server skips a second copy by its messageId.
  *
  * Plain ES2017, no dependencies, no build step: load it with <script src="/nudge.js"></script>.
  */
@@ -258,12 +263,19 @@
     let pingTimer = null;
     let pumpTimer = null;
 
-    // Track frames wait here while disconnected. Acks and pings belong to one connection: a new connection gets
-    // unacked messages replayed and acks them again, so those are dropped when the socket closes.
+    // Track and consent frames ({id, text}) wait here while disconnected, and go back here, oldest first, if the
+    // socket closes before the server said they were stored. Acks and pings belong to one connection: a new
+    // connection gets unacked messages replayed and acks them again, so those are dropped when the socket closes.
     let queuedTracks = [];
+    const unconfirmed = new Map(); // messageId -> frame text: sent, not yet stored
     let connectionFrames = [];
     let sendTokens = SEND_BURST;
     let tokensRefilledAt = 0;
+
+    // Make `items` the frames waiting to be sent, keeping the newest MAX_QUEUED_TRACKS.
+    function queue(items) {
+      queuedTracks = items.length > MAX_QUEUED_TRACKS ? items.slice(-MAX_QUEUED_TRACKS) : items;
+    }
 
     function setState(next) {
       if (state === next) return;
@@ -337,6 +349,11 @@
       pingTimer = pumpTimer = null;
       connectionFrames = [];
       openedAt = 0;
+      if (unconfirmed.size) {
+        const resend = Array.from(unconfirmed, ([id, text]) => ({ id: id, text: text }));
+        unconfirmed.clear();
+        queue(resend.concat(queuedTracks));
+      }
       if (socket) {
         const ws = socket;
         socket = null;
@@ -365,7 +382,14 @@
       sendTokens = Math.min(SEND_BURST, sendTokens + ((now - tokensRefilledAt) / 1000) * SEND_RATE_PER_S);
       tokensRefilledAt = now;
       while (sendTokens >= 1 && (connectionFrames.length || queuedTracks.length)) {
-        socket.send(connectionFrames.length ? connectionFrames.shift() : queuedTracks.shift());
+        if (connectionFrames.length) {
+          socket.send(connectionFrames.shift());
+        } else {
+          const item = queuedTracks.shift();
+          unconfirmed.set(item.id, item.text);
+          if (unconfirmed.size > MAX_QUEUED_TRACKS) unconfirmed.delete(unconfirmed.keys().next().value);
+          socket.send(item.text);
+        }
         sendTokens -= 1;
       }
       if (connectionFrames.length || queuedTracks.length) {
@@ -381,8 +405,13 @@
         console.warn("Nudge: ignoring a frame that is not JSON");
         return;
       }
-      if (!frame || frame.type !== "message") return; // "pong" needs nothing: any frame refreshes lastReceivedAt
+      if (!frame) return;
       const id = frame.id;
+      if (frame.type === "stored") {
+        unconfirmed.delete(id);
+        return;
+      }
+      if (frame.type !== "message") return; // "pong" needs nothing: any frame refreshes lastReceivedAt
       if (typeof id !== "string" || !id) return;
       const ack = JSON.stringify({ type: "ack", id: id });
       if (seen.has(id)) {
@@ -410,7 +439,8 @@
 
     /**
      * Send a track event; returns its messageId. While disconnected it waits in a queue (the oldest of more than
-     * 100 is dropped) and goes out when the connection opens. The timestamp is taken now, not when it is sent.
+     * 100 is dropped) and goes out when the connection opens; it is sent again after a reconnect until the server
+     * says it is stored. The timestamp is taken now, not when it is sent.
      */
     function track(event, properties) {
       if (typeof event !== "string" || !event.trim() || event.length > MAX_EVENT_NAME_LENGTH) {
@@ -434,16 +464,15 @@
         return messageId;
       }
       if (stopped) return messageId;
-      queuedTracks.push(frame);
-      if (queuedTracks.length > MAX_QUEUED_TRACKS) queuedTracks = queuedTracks.slice(-MAX_QUEUED_TRACKS);
+      queue(queuedTracks.concat([{ id: messageId, text: frame }]));
       pump();
       return messageId;
     }
 
     /**
      * Record the shopper's consent choice, e.g. consent({marketing: false}). Purposes: analytics, personalization,
-     * marketing (true or false); the choice applies from now on and is kept with the shopper's events. Queued like
-     * track events while disconnected.
+     * marketing (true or false); the choice applies from now on and is kept with the shopper's events. Queued and
+     * sent again like track events.
      */
     function consent(preferences) {
       if (preferences === null || typeof preferences !== "object" || Array.isArray(preferences)) {
@@ -455,8 +484,9 @@
         }
       }
       if (stopped) return;
-      queuedTracks.push(JSON.stringify({ type: "consent", categoryPreferences: preferences }));
-      if (queuedTracks.length > MAX_QUEUED_TRACKS) queuedTracks = queuedTracks.slice(-MAX_QUEUED_TRACKS);
+      const messageId = newMessageId();
+      const frame = JSON.stringify({ type: "consent", categoryPreferences: preferences, messageId: messageId });
+      queue(queuedTracks.concat([{ id: messageId, text: frame }]));
       pump();
     }
 
@@ -465,8 +495,9 @@
       stopped = true;
       clearTimeout(reconnectTimer);
       reconnectTimer = null;
-      queuedTracks = [];
       dropSocket();
+      queuedTracks = [];
+      unconfirmed.clear();
       setState("closed");
     }
 
