@@ -81,7 +81,9 @@ async def ingest(stream: Any) -> None:
         message = event.message
         if app.consumer_generation_id != generation:
             generation = app.consumer_generation_id
-            offsets.reset()
+            restart = restart_offsets()
+            offsets.reset(restart)
+            log.info("generation %s: %s resumes at committed offsets %s", generation, message.topic, restart)
         async with processing:
             verdict = offsets.check(message.partition, message.offset)
             if verdict is Verdict.ALREADY_DONE:
@@ -93,6 +95,18 @@ async def ingest(stream: Any) -> None:
                 await read_directly(message.topic, message.partition, start, message.offset)
             stamp = None if message.timestamp is None else round(message.timestamp * 1000)  # Faust: seconds
             await _process(message.topic, message.partition, message.offset, message.key, message.value, stamp)
+
+
+def restart_offsets() -> dict[int, int]:
+    """Where the consumer restarted each held ``nudge.events`` partition after the last assignment.
+
+    Faust seeks every assigned partition to its committed offset before streams resume, and keeps what it read in
+    ``_committed_offset``; a partition never committed (``None``) starts wherever the reset policy says.
+    """
+    topic = events_topic.get_topic_name()
+    assigned = app.consumer.assignment()
+    committed = app.consumer._committed_offset  # type: ignore[attr-defined]
+    return {tp.partition: o for tp, o in committed.items() if tp.topic == topic and tp in assigned and o is not None}
 
 
 async def read_directly(topic: str, partition: int, start: int, end: int) -> int:

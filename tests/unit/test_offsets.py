@@ -54,8 +54,12 @@ def test_partitions_are_independent() -> None:
     assert tracker.check(1, 501) is Verdict.PROCESS
 
 
-def test_reset_trusts_the_first_record_of_a_new_assignment() -> None:
+def test_a_new_assignment_expects_each_partition_at_its_committed_offset() -> None:
     tracker = OffsetTracker()
     run(tracker, 0, [10, 11])
-    tracker.reset()
-    assert run(tracker, 0, [4]) == [4]
+    tracker.reset({0: 4, 1: 20})
+    assert run(tracker, 0, [4]) == [4]  # back to the committed offset: redelivered records are processed again
+    # The consumer restarted partition 1 past its committed offset: the records in between are a hole to read.
+    assert tracker.check(1, 25) is Verdict.HOLE and tracker.next_offset(1) == 20
+    # A partition never committed starts wherever the consumer puts it.
+    assert run(tracker, 2, [7]) == [7]
