@@ -143,6 +143,7 @@ class StagedWrites:
                 backlog.setdefault(partition, {}).update(values)
         self._queued += 1
         if self._task is None:
+            self._progress = asyncio.get_running_loop().create_future()
             self._task = asyncio.ensure_future(self._run())
         elif self._task.done():
             self._task.result()  # the task failed: raise its error here, in the caller's record
@@ -159,7 +160,6 @@ class StagedWrites:
                 raise RuntimeError("the staged changelog writer stopped")
 
     async def _run(self) -> None:
-        self._progress = asyncio.get_running_loop().create_future()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -170,6 +170,7 @@ class StagedWrites:
                     await self._flush()  # everything sent before this stage is delivered
                     await writer.send(pending)
             self._sent = target
+            assert self._progress is not None
             self._progress.set_result(None)
             self._progress = asyncio.get_running_loop().create_future()
 
