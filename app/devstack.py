@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -31,11 +32,23 @@ READY_TIMEOUT_S = 60.0
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+#: Listening ports are picked below Linux's ephemeral range (32768-60999): a port the kernel hands out for binding
+#: to port 0 comes from that range, and an outgoing connection (to Redis, the broker) could take it before the
+#: process meant to listen on it binds (seen in CI: a gateway exited with "address already in use").
+PORT_RANGE = (20_000, 32_000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the range outgoing connections use."""
+    for _ in range(100):
+        port = random.randint(*PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORT_RANGE} after 100 tries")
 
 
 def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
