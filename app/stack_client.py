@@ -100,3 +100,13 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
     finally:
         await consumer.stop()
     return {tp.partition: offset for tp, offset in (await true_end_offsets(bootstrap, listed)).items()}
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """Every record of ``topic`` now, partition by partition, each in offset order (tools and tests)."""
+    from app.offsets import read_range
+
+    records: list[Any] = []
+    for partition, end in (await end_offsets(bootstrap, topic, partitions)).items():
+        records += await read_range(bootstrap, topic, partition, 0, end)
+    return records

@@ -255,7 +255,8 @@ class Gateway:
             elif isinstance(effect, Close):
                 connection = self._sockets.pop(effect.conn_id, None)
                 if connection is not None:
-                    # Only open() and received() close, both inside this socket's own handler: waiting is safe.
+                    # Closed from this socket's own handler (open, received) or a task of its own (_store):
+                    # waiting is safe.
                     log.info("closing a socket of %s: %d %s", connection.username, effect.code, effect.reason)
                     await connection.close(effect.code, effect.reason)
             elif isinstance(effect, Produce):
@@ -279,9 +280,8 @@ class Gateway:
             await self._batcher.submit([(partition, data)])
         except Exception as error:
             log.warning("could not store an event of socket %d (%r): closing it, the browser resends", conn_id, error)
-            connection = self._sockets.pop(conn_id, None)
-            if connection is not None:
-                await connection.close(CLOSE_TRY_AGAIN_LATER, "try again later: events cannot be stored now")
+            reason = "try again later: events cannot be stored now"
+            await self.carry_out([Close(conn_id, CLOSE_TRY_AGAIN_LATER, reason)])
             return
         await self.carry_out(self.hub.stored(conn_id, message_id))
 

@@ -19,6 +19,7 @@ from app.stack_client import (  # noqa: F401
     fetch_profiles,
     get_json,
     produce_batched,
+    read_topic,
     stable,
     stats,
     wait_for,

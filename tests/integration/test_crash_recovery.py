@@ -9,7 +9,6 @@ import pytest
 
 from app.codecs import decode_insight, decode_profile
 from app.devstack import DevStack, Node
-from app.offsets import read_range
 from app.simulate import simulate_events
 from tables.profile_view import profile_view
 from tests.integration.conftest import (
@@ -17,6 +16,7 @@ from tests.integration.conftest import (
     expected_profiles,
     fetch_profiles,
     produce_batched,
+    read_topic,
     stable,
     stats,
     wait_for,
@@ -111,14 +111,12 @@ async def test_a_worker_killed_under_load_never_leaves_a_profile_ahead_of_its_in
 
 async def _last_values(stack: DevStack, table: str) -> dict[str, bytes]:
     """The latest value of each key in a table's changelog, as a new owner's recovery would read it."""
-    topic = f"{stack.app_id}-{table}-changelog"
     latest: dict[str, bytes] = {}
-    for partition, end in (await end_offsets(stack.broker.bootstrap, topic, 8)).items():
-        for record in await read_range(stack.broker.bootstrap, topic, partition, 0, end):
-            if record.value is None:
-                latest.pop(record.key.decode(), None)
-            else:
-                latest[record.key.decode()] = record.value
+    for record in await read_topic(stack.broker.bootstrap, f"{stack.app_id}-{table}-changelog", stack.partitions):
+        if record.value is None:
+            latest.pop(record.key.decode(), None)
+        else:
+            latest[record.key.decode()] = record.value
     return latest
 
 

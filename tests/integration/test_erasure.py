@@ -16,10 +16,9 @@ from app.audit import subject
 from app.devstack import DevStack
 from app.events import iso_from_ms
 from app.keys import key_name
-from app.offsets import read_range
 from app.partitioning import partition_for
 from app.pii import Unreadable, decrypt_value
-from tests.integration.conftest import end_offsets, get_json, stats, wait_for
+from tests.integration.conftest import end_offsets, get_json, read_topic, stats, wait_for
 from tests.integration.test_gateway import decisions
 from tests.integration.test_intelligence import decision, rule_files, topic_records, track
 from ws.delivery import inbox_key
@@ -33,12 +32,10 @@ async def readable_anywhere(stack: DevStack, *needles: bytes) -> list[str]:
     names += [f"{stack.app_id}-{table}-changelog" for table in ("profiles", "insights", "messages", "aliases")]
     found = []
     for topic in names:
-        ends = await end_offsets(stack.broker.bootstrap, topic, stack.partitions)
-        for partition, end in ends.items():
-            for record in await read_range(stack.broker.bootstrap, topic, partition, 0, end):
-                blob = (record.key or b"") + (record.value or b"")
-                if any(needle in blob for needle in needles):
-                    found.append(topic)
+        for record in await read_topic(stack.broker.bootstrap, topic, stack.partitions):
+            blob = (record.key or b"") + (record.value or b"")
+            if any(needle in blob for needle in needles):
+                found.append(topic)
     return found
 
 

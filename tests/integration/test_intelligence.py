@@ -13,8 +13,7 @@ from redis.asyncio import Redis
 
 from app.devstack import DevStack
 from app.events import iso_from_ms
-from app.offsets import read_range
-from tests.integration.conftest import end_offsets, get_json, wait_for
+from tests.integration.conftest import get_json, read_topic, wait_for
 from ws.tokens import TokenError, verify_token
 
 pytestmark = pytest.mark.integration
@@ -79,12 +78,7 @@ async def models(stack: DevStack, url: str | None = None) -> dict[str, Any]:
 
 
 async def topic_records(stack: DevStack, topic: str) -> list[dict[str, Any]]:
-    bootstrap = stack.broker.bootstrap
-    ends = await end_offsets(bootstrap, topic, stack.partitions)
-    records = []
-    for partition, end in ends.items():
-        records += [orjson.loads(r.value) for r in await read_range(bootstrap, topic, partition, 0, end)]
-    return records
+    return [orjson.loads(r.value) for r in await read_topic(stack.broker.bootstrap, topic, stack.partitions)]
 
 
 async def segment_records(stack: DevStack) -> list[dict[str, Any]]:
