@@ -180,12 +180,16 @@ def merge_insights(into: Insight | None, other: Insight) -> Insight:
     """An anonymous visitor's insight folded into the known user's: the newer score, both users' pending samples.
 
     Segments, cluster and trigger state stay the known user's (the next event or tick re-evaluates them); a user
-    seen for the first time takes the visitor's insight whole.
+    seen for the first time takes the visitor's insight whole. Merging the same visitor again changes nothing: a
+    merge record redelivered after a crash must not give the model the visitor's samples twice.
     """
     if into is None:
         return other
     newer = other if other.as_of_ms > into.as_of_ms else into
-    pending = tuple(sorted((*into.pending, *other.pending), key=lambda s: s.timestamp_ms))[-labels.MAX_PENDING :]
+    # One copy of each sample, in an order that does not depend on which side held it: so the newest MAX_PENDING
+    # are the same samples however often the merge runs.
+    unique = {_sample_key(s): s for s in (*into.pending, *other.pending)}
+    pending = tuple(unique[key] for key in sorted(unique))[-labels.MAX_PENDING :]
     return replace(
         into,
         intent=newer.intent if newer.intent is not None else into.intent,
@@ -194,6 +198,10 @@ def merge_insights(into: Insight | None, other: Insight) -> Insight:
         cluster=into.cluster if into.cluster is not None else other.cluster,
         pending=pending,
     )
+
+
+def _sample_key(sample: labels.Sample) -> tuple[object, ...]:
+    return (sample.timestamp_ms, sample.packed, sample.score, sample.baseline, tuple(sorted(sample.extra.items())))
 
 
 def has_cart_this_session(profile: Profile) -> float:
