@@ -27,18 +27,19 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.batching import topic_batcher
 from app.devstack import DevStack, EmbeddedBroker, Node, create_topic, free_port
 from app.events import user_key
-from app.partitioning import partition_for
 from app.simulate import simulate_events
+from app.stack_client import produce_batched
 
 PARTITIONS = 8
 RUN_TIMEOUT_S = 600.0
+#: The topic is filled before the worker starts, unpaced: envelopes fill up to the batcher's size bound.
+FILL_LINGER_S = 0.02
 
 
 async def run(*, events: int, users: int, runs: int) -> dict[str, Any]:
-    corpus = [orjson.dumps(e) for e in simulate_events(users=users, events=events, seed=11) if isinstance(e, dict)]
+    corpus = [e for e in simulate_events(users=users, events=events, seed=11) if isinstance(e, dict)]
     nudge_rates, baseline_rates = [], []
     for index in range(runs):
         nudge_rates.append(await _run_nudge(corpus))
@@ -62,10 +63,10 @@ async def run(*, events: int, users: int, runs: int) -> dict[str, Any]:
     }
 
 
-async def _run_nudge(corpus: list[bytes]) -> float:
+async def _run_nudge(corpus: list[dict[str, Any]]) -> float:
     stack = DevStack(workers=0, gateways=0, partitions=PARTITIONS)
     async with stack:
-        await produce_batched(stack.broker.bootstrap, corpus)
+        await produce_batched(stack.broker.bootstrap, corpus, partitions=PARTITIONS, linger_s=FILL_LINGER_S)
         worker = stack.new_worker(0)
         worker.start()
         stack.nodes.append(worker)
@@ -73,7 +74,7 @@ async def _run_nudge(corpus: list[bytes]) -> float:
         return len(corpus) / (stats["last_event_at"] - stats["first_event_at"])
 
 
-async def _run_baseline(corpus: list[bytes]) -> float:
+async def _run_baseline(corpus: list[dict[str, Any]]) -> float:
     root = Path("var") / f"bench-baseline-{os.getpid()}"
     root.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker(log_path=root / "tansu.log")
@@ -116,27 +117,13 @@ async def _run_baseline(corpus: list[bytes]) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def produce_batched(bootstrap: str, corpus: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1024 * 1024)
-    await producer.start()
-    try:
-        await create_topic(bootstrap, "nudge.events", PARTITIONS)
-        batcher = topic_batcher(producer, "nudge.events", linger_s=0.02)
-        for start in range(0, len(corpus), 5000):
-            chunk = corpus[start : start + 5000]
-            await batcher.submit((partition_for(user_key(orjson.loads(raw)), PARTITIONS), raw) for raw in chunk)
-        await batcher.drain()
-    finally:
-        await producer.stop()
-
-
-async def _produce_single(bootstrap: str, corpus: list[bytes]) -> None:
+async def _produce_single(bootstrap: str, corpus: list[dict[str, Any]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 * 1024)
     await producer.start()
     try:
         await create_topic(bootstrap, "baseline.events", PARTITIONS)
-        for raw in corpus:
-            await producer.send("baseline.events", raw, key=user_key(orjson.loads(raw)).encode())
+        for event in corpus:
+            await producer.send("baseline.events", orjson.dumps(event), key=user_key(event).encode())
         await producer.flush()
     finally:
         await producer.stop()

@@ -70,13 +70,18 @@ async def stats(stack: DevStack, url: str | None = None) -> dict[str, Any]:
     return body
 
 
-async def produce_batched(bootstrap: str, events: list[dict[str, Any]], *, partitions: int, rate: float = 0) -> None:
-    """Produce events the way the collector does (batch envelopes per partition), optionally paced."""
+async def produce_batched(
+    bootstrap: str, events: list[dict[str, Any]], *, partitions: int, rate: float = 0, linger_s: float = 0.005
+) -> None:
+    """Produce events the way the collector does (batch envelopes per partition, held ``linger_s``), optionally
+    paced at ``rate`` events/s."""
     await create_topic(bootstrap, "nudge.events", partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=round(linger_s * 1000), max_batch_size=1024 * 1024
+    )
     await producer.start()
     try:
-        batcher = topic_batcher(producer, "nudge.events", linger_s=0.005)
+        batcher = topic_batcher(producer, "nudge.events", linger_s=linger_s)
         pacer = Pacer(rate)
         for part in chunks(events, 100):
             await batcher.submit((partition_for(user_key(e), partitions), orjson.dumps(e)) for e in part)
