@@ -93,6 +93,8 @@ STALL_S = 5.0
 WARM_UP_S = 3.0
 #: The collector's and the gateway's default linger: how events reach the topic in production.
 PRODUCER_LINGER_MS = 5
+#: Partitions per topic of the bench's stack unless told otherwise (the dev stack's default).
+PARTITIONS = 8
 #: The hub closes a socket that sends more than 20 frames/s (acks included): stay well below per user.
 MAX_MESSAGES_PER_USER_S = 5.0
 #: The trigger file's cap is 1000 messages per user per day: stay well below it on average.
@@ -100,13 +102,15 @@ MAX_MESSAGES_PER_USER = 500
 CATEGORIES = ("shoes", "bags", "shirts", "jackets", "hats", "socks", "watches", "belts")
 
 
-async def run(*, clients: int, rate: float, seconds: float, runs: int) -> dict[str, Any]:
+async def run(*, clients: int, rate: float, seconds: float, runs: int, partitions: int = PARTITIONS) -> dict[str, Any]:
     check_load(clients=clients, rate=rate, seconds=seconds, runs=runs)
     raise_open_files_limit(clients)
     e2e_runs, baseline_runs, connected = [], [], []
     for index in range(runs):
         _say(f"run {index + 1}/{runs}: starting a fresh stack and {clients:,} clients")
-        e2e, baseline, users = await _run_once(clients=clients, rate=rate, seconds=seconds, label=f"run{index + 1}")
+        e2e, baseline, users = await _run_once(
+            clients=clients, rate=rate, seconds=seconds, partitions=partitions, label=f"run{index + 1}"
+        )
         e2e_runs.append(e2e)
         baseline_runs.append(baseline)
         connected.append(users)
@@ -114,15 +118,23 @@ async def run(*, clients: int, rate: float, seconds: float, runs: int) -> dict[s
             f"run {index + 1}/{runs}: sent {e2e['sent']:,}, delivered {e2e['delivered']:,}, "
             f"p50 {e2e['p50_ms']} ms, p99 {e2e['p99_ms']} ms; baseline p99 {baseline['p99_ms']} ms"
         )
-    return _summary(e2e_runs, baseline_runs, clients=clients, connected=min(connected), rate=rate, seconds=seconds)
+    return _summary(
+        e2e_runs,
+        baseline_runs,
+        clients=clients,
+        connected=min(connected),
+        rate=rate,
+        seconds=seconds,
+        partitions=partitions,
+    )
 
 
 async def _run_once(
-    *, clients: int, rate: float, seconds: float, label: str
+    *, clients: int, rate: float, seconds: float, partitions: int, label: str
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """One run on a fresh stack: the baseline, a warm-up, then the measured run. Returns both and the clients."""
     budget_s = 300 + 3 * seconds + 2 * DRAIN_TIMEOUT_S
-    async with probe_rig(clients=clients, rate=rate, budget_s=budget_s, name="bench-e2e") as rig:
+    async with probe_rig(clients=clients, rate=rate, budget_s=budget_s, name="bench-e2e", partitions=partitions) as rig:
         bench = _Bench(rig)
         bench.gc.start()
         try:
@@ -148,8 +160,11 @@ class ProbeRig:
 
 
 @contextlib.asynccontextmanager
-async def probe_rig(*, clients: int, rate: float, budget_s: float, name: str) -> AsyncIterator[ProbeRig]:
-    """A fresh stack (one worker, one gateway) whose only trigger fires on every ``TRIGGER_EVENT`` (files under
+async def probe_rig(
+    *, clients: int, rate: float, budget_s: float, name: str, partitions: int = PARTITIONS
+) -> AsyncIterator[ProbeRig]:
+    """A fresh stack (one worker, one gateway, ``partitions`` per topic) whose only trigger fires on every
+    ``TRIGGER_EVENT`` (files under
     ``var/<name>-...``), ``clients`` websocket clients in their own process that stay up at most ``budget_s``, and a
     :class:`ProbeProducer` of ``rate`` events/s for the connected clients' users. Everything stops on exit."""
     root = Path("var") / f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -160,7 +175,7 @@ async def probe_rig(*, clients: int, rate: float, budget_s: float, name: str) ->
         "NUDGE_TRIGGERS_FILE": str(triggers.resolve()),
         "NUDGE_DEFAULT_CONSENT": "analytics,personalization,marketing",
     }
-    async with DevStack(workers=1, gateways=1, root=root, extra_env=env) as stack:
+    async with DevStack(workers=1, gateways=1, partitions=partitions, root=root, extra_env=env) as stack:
         url = f"ws://127.0.0.1:{stack.gateway.port}/v1/ws"
         async with ClientProcess(url, stack.secret, clients, max_seconds=budget_s) as client_process:
             users = [bench_user(index) for index in client_process.connected]
@@ -438,6 +453,7 @@ def _summary(
     connected: int,
     rate: float,
     seconds: float,
+    partitions: int,
 ) -> dict[str, Any]:
     def median(runs: list[dict[str, Any]], key: str) -> float | None:
         values = [r[key] for r in runs if r[key] is not None]
@@ -454,6 +470,7 @@ def _summary(
         "connected": connected,
         "rate": rate,
         "seconds": seconds,
+        "partitions": partitions,
         "runs": len(e2e_runs),
         "trigger_share": TRIGGER_SHARE,
         "triggers": total("triggers"),

@@ -45,6 +45,7 @@ from app.bench_decision import OpenLoop
 from app.bench_e2e import (
     EVENTS_TOPIC,
     MESSAGES_TOPIC,
+    PARTITIONS,
     STALL_S,
     TRIGGER_SHARE,
     WARM_UP_S,
@@ -84,7 +85,7 @@ def check_soak(*, minutes: float, rate: float, clients: int) -> None:
     check_load(clients=clients, rate=rate, seconds=minutes * 60, runs=1)
 
 
-async def run(*, minutes: float, rate: float, clients: int, plot: Path) -> dict[str, Any]:
+async def run(*, minutes: float, rate: float, clients: int, plot: Path, partitions: int = PARTITIONS) -> dict[str, Any]:
     """Soak for ``minutes`` (see the module docstring), write the plot to ``plot`` and return the report."""
     check_soak(minutes=minutes, rate=rate, clients=clients)
     raise_open_files_limit(clients)
@@ -94,7 +95,9 @@ async def run(*, minutes: float, rate: float, clients: int, plot: Path) -> dict[
     started = datetime.now(UTC)
     _say(f"starting a fresh stack and {clients:,} clients")
     budget_s = 300 + seconds + 2 * SOAK_DRAIN_TIMEOUT_S
-    async with probe_rig(clients=clients, rate=rate, budget_s=budget_s, name="bench-soak") as rig:
+    async with probe_rig(
+        clients=clients, rate=rate, budget_s=budget_s, name="bench-soak", partitions=partitions
+    ) as rig:
         soak = _Soak(rig, decision_rate=decision_rate, interval_s=seconds / intervals)
         result = await soak.run(seconds, intervals)
     report = {
@@ -106,6 +109,7 @@ async def run(*, minutes: float, rate: float, clients: int, plot: Path) -> dict[
             "trigger_share": TRIGGER_SHARE,
             "clients": clients,
             "connected": len(rig.users),
+            "partitions": partitions,
             "decision_rate": decision_rate,
             "interval_s": round(seconds / intervals, 3),
         },

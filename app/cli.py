@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=3, help="runs of each side; medians reported (default 3)")
     bench.add_argument("--rate", type=float, default=500.0, help="requests/s, --e2e/--soak: events/s (default 500)")
     bench.add_argument("--seconds", type=float, default=10.0, help="--decision, --e2e: seconds per run (default 10)")
+    bench.add_argument(
+        "--partitions",
+        type=_positive_int,
+        default=None,
+        help="--e2e, --soak: partitions per topic of the embedded stack (default 8)",
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(run=_bench)
 
@@ -287,6 +293,10 @@ def _bench(args: argparse.Namespace) -> int:
     if sum((args.e2e, args.decision, args.soak)) > 1:
         print("nudge bench: pass at most one of --decision, --e2e, --soak", file=sys.stderr)
         return 2
+    if args.partitions is not None and not (args.e2e or args.soak):
+        print("nudge bench: --partitions applies to --e2e and --soak only", file=sys.stderr)
+        return 2
+    partitions = args.partitions or 8
     if args.soak:
         from app import bench_soak
 
@@ -295,11 +305,27 @@ def _bench(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"nudge bench: {error}", file=sys.stderr)
             return 2
-        result = asyncio.run(bench_soak.run(minutes=args.minutes, rate=args.rate, clients=args.clients, plot=args.plot))
+        result = asyncio.run(
+            bench_soak.run(
+                minutes=args.minutes,
+                rate=args.rate,
+                clients=args.clients,
+                plot=args.plot,
+                partitions=partitions,
+            )
+        )
     elif args.e2e:
         from app import bench_e2e
 
-        result = asyncio.run(bench_e2e.run(clients=args.clients, rate=args.rate, seconds=args.seconds, runs=args.runs))
+        result = asyncio.run(
+            bench_e2e.run(
+                clients=args.clients,
+                rate=args.rate,
+                seconds=args.seconds,
+                runs=args.runs,
+                partitions=partitions,
+            )
+        )
     elif args.decision:
         from app import bench_decision
 

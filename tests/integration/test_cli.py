@@ -136,6 +136,7 @@ def test_a_bench_stopped_with_sigterm_stops_the_stack_it_started(tmp_path: Path)
         (["faults", "--size", "many"], "argument --size: 'many' is not a whole number"),
         (["faults", "--only", "meteor-strike"], "unknown fault(s) meteor-strike; known: "),
         (["bench", "--soak", "--e2e"], "pass at most one of --decision, --e2e, --soak"),
+        (["bench", "--partitions", "2"], "--partitions applies to --e2e and --soak only"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(arguments: list[str], reason: str) -> None:
@@ -213,3 +214,20 @@ def test_the_decision_benchmark_answers_every_request_and_reports_percentiles() 
     assert report["decision"]["requests"] == 100 and report["decision"]["errors"] == 0
     assert 0 < report["decision"]["p50_ms"] <= report["decision"]["p99_ms"]
     assert report["baseline_health"]["requests"] == 100 and report["p99_ratio_to_health"] > 0
+
+
+def test_the_e2e_benchmark_delivers_every_pop_up_once_on_the_partitions_asked_for() -> None:
+    options = ["--e2e", "--clients", "20", "--rate", "40", "--seconds", "3", "--runs", "1", "--partitions", "2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "bench", *options, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = orjson.loads(result.stdout)
+    assert report["partitions"] == 2 and report["connected"] == 20
+    assert report["sent"] > 0 and report["delivered"] == report["sent"]
+    assert report["missing"] == 0 and report["duplicates"] == 0
+    assert 0 < report["p50_ms"] <= report["p99_ms"]
+    assert report["baseline"]["p99_ms"] > 0
