@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/nudge bench --events 100000 --runs 3 --json
 	$(BIN)/nudge bench --decision --rate 500 --seconds 10 --runs 3 --json
 	$(BIN)/nudge bench --e2e --clients 500 --rate 500 --seconds 10 --runs 3 --json
+	$(BIN)/nudge bench --broker --rate 1000 --seconds 3 --runs 3 --json
 
 # Every fault at full size (CI runs the same faults at a reduced size in tests/integration/test_faults.py).
 faults: $(STAMP)

@@ -19,8 +19,18 @@ def cpu_seconds() -> dict[str, float]:
     """CPU seconds used so far by this process and its children (the stack and the clients), by role."""
     used: dict[str, float] = {}
     for role, stat_fields, _ in _processes():
-        used[role] = used.get(role, 0.0) + (int(stat_fields[11]) + int(stat_fields[12])) / _TICK  # utime + stime
+        used[role] = used.get(role, 0.0) + _cpu_s(stat_fields)
     return used
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` (user + system)."""
+    return _cpu_s(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())
+
+
+def _cpu_s(stat_fields: list[str]) -> float:
+    """utime + stime, in seconds, from the fields of ``/proc/<pid>/stat`` after the command name."""
+    return (int(stat_fields[11]) + int(stat_fields[12])) / _TICK
 
 
 def cpu_percent(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:

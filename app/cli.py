@@ -108,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="measure throughput against a plain Faust baseline, decision API latency (--decision), or event-to-"
-        "browser latency (--e2e)",
+        help="measure throughput against a plain Faust baseline, decision API latency (--decision), event-to-"
+        "browser latency (--e2e), a long mixed load (--soak), or the embedded broker's floor (--broker)",
         description="Ingest throughput (default); with --decision, decision API latency at a fixed rate; with --e2e, "
         "event-to-browser latency through a worker and a websocket gateway at a fixed event rate.",
     )
@@ -121,6 +121,17 @@ def _parser() -> argparse.ArgumentParser:
         "--soak",
         action="store_true",
         help="hold a steady mixed load (events, pop-ups, decision reads) for --minutes; report every interval",
+    )
+    bench.add_argument(
+        "--broker",
+        action="store_true",
+        help="measure one Kafka hop on the embedded broker as the partitions it reads fill with record batches",
+    )
+    bench.add_argument(
+        "--batches",
+        type=_positive_int,
+        default=40_000,
+        help="--broker: record batches held at the fullest step (default 40000)",
     )
     bench.add_argument("--minutes", type=float, default=10.0, help="--soak: minutes to run (default 10)")
     bench.add_argument("--plot", type=Path, default=Path("artifacts/soak.png"), help="--soak: PNG written at the end")
@@ -134,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         "--partitions",
         type=_positive_int,
         default=None,
-        help="--e2e, --soak: partitions per topic of the embedded stack (default 8)",
+        help="--e2e, --soak, --broker: partitions per topic of the embedded stack (default 8)",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(run=_bench)
@@ -290,14 +301,26 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if sum((args.e2e, args.decision, args.soak)) > 1:
-        print("nudge bench: pass at most one of --decision, --e2e, --soak", file=sys.stderr)
+    if sum((args.e2e, args.decision, args.soak, args.broker)) > 1:
+        print("nudge bench: pass at most one of --decision, --e2e, --soak, --broker", file=sys.stderr)
         return 2
-    if args.partitions is not None and not (args.e2e or args.soak):
-        print("nudge bench: --partitions applies to --e2e and --soak only", file=sys.stderr)
+    if args.partitions is not None and not (args.e2e or args.soak or args.broker):
+        print("nudge bench: --partitions applies to --e2e, --soak and --broker only", file=sys.stderr)
         return 2
     partitions = args.partitions or 8
-    if args.soak:
+    if args.broker:
+        from app import bench_broker
+
+        result = asyncio.run(
+            bench_broker.run(
+                rate=args.rate,
+                seconds=args.seconds,
+                batches=args.batches,
+                partitions=partitions,
+                runs=args.runs,
+            )
+        )
+    elif args.soak:
         from app import bench_soak
 
         try:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -136,7 +137,8 @@ def test_a_bench_stopped_with_sigterm_stops_the_stack_it_started(tmp_path: Path)
         (["faults", "--size", "many"], "argument --size: 'many' is not a whole number"),
         (["faults", "--only", "meteor-strike"], "unknown fault(s) meteor-strike; known: "),
         (["bench", "--soak", "--e2e"], "pass at most one of --decision, --e2e, --soak"),
-        (["bench", "--partitions", "2"], "--partitions applies to --e2e and --soak only"),
+        (["bench", "--partitions", "2"], "--partitions applies to --e2e, --soak and --broker only"),
+        (["bench", "--broker", "--decision"], "pass at most one of --decision, --e2e, --soak, --broker"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(arguments: list[str], reason: str) -> None:
@@ -203,14 +205,7 @@ def test_the_decision_benchmark_answers_every_request_and_reports_percentiles() 
         "2000",
         "--json",
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "bench", *options],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
-    report = orjson.loads(result.stdout)
+    report = bench_report(options, timeout=180)
     assert report["decision"]["requests"] == 100 and report["decision"]["errors"] == 0
     assert 0 < report["decision"]["p50_ms"] <= report["decision"]["p99_ms"]
     assert report["baseline_health"]["requests"] == 100 and report["p99_ratio_to_health"] > 0
@@ -218,16 +213,34 @@ def test_the_decision_benchmark_answers_every_request_and_reports_percentiles() 
 
 def test_the_e2e_benchmark_delivers_every_pop_up_once_on_the_partitions_asked_for() -> None:
     options = ["--e2e", "--clients", "20", "--rate", "40", "--seconds", "3", "--runs", "1", "--partitions", "2"]
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "bench", *options, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = orjson.loads(result.stdout)
+    report = bench_report([*options, "--json"], timeout=300)
     assert report["partitions"] == 2 and report["connected"] == 20
     assert report["sent"] > 0 and report["delivered"] == report["sent"]
     assert report["missing"] == 0 and report["duplicates"] == 0
     assert 0 < report["p50_ms"] <= report["p99_ms"]
     assert report["baseline"]["p99_ms"] > 0
+
+
+def test_the_broker_benchmark_times_every_record_at_each_step() -> None:
+    options = ["--broker", "--rate", "200", "--seconds", "1", "--batches", "400", "--runs", "1", "--partitions", "2"]
+    steps = bench_report([*options, "--json"], timeout=120)["steps"]
+    assert [(s["where"], s["held_batches"]) for s in steps] == [
+        ("fresh", 0),
+        ("same-topic", 100),
+        ("same-topic", 400),
+        ("other-topic", 400),
+    ]
+    for step in steps:
+        assert step["unreceived"] == 0
+        assert 0 < step["p50_ms"] <= step["p99_ms"] and step["broker_cpu_percent"] > 0
+    assert steps[0]["p99_ratio"] == 1.0
+
+
+def bench_report(options: list[str], *, timeout: float) -> dict[str, Any]:
+    """Run ``nudge bench`` with ``options`` (including ``--json``); its JSON report."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "bench", *options], capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report: dict[str, Any] = orjson.loads(result.stdout)
+    return report
