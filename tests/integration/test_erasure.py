@@ -140,7 +140,14 @@ async def test_an_erased_user_is_gone_everywhere_with_a_receipt_and_does_not_com
 
             await wait_for(alias_gone, timeout=20, what="the merged anonymous id to be erased too")
 
-            receipts = [r for r in await topic_records(stack, "nudge.audit") if r["action"] == "erasure"]
+            # The receipt follows the removal through the producer: the profile may answer 404 a moment before.
+            receipts: list[dict[str, Any]] = []
+
+            async def both_receipts() -> bool:
+                receipts[:] = [r for r in await topic_records(stack, "nudge.audit") if r["action"] == "erasure"]
+                return len(receipts) >= 2
+
+            await wait_for(both_receipts, timeout=10, what="the erasure receipts of the user and the anonymous id")
             assert {r["subject"] for r in receipts} == {receipt_id, subject(stack.secret.encode(), anonymous)}
             mine = next(r for r in receipts if r["subject"] == receipt_id)
             assert mine["removed"]["profile"] and mine["removed"]["decision_records"] == 1
