@@ -29,10 +29,10 @@ from aiokafka import AIOKafkaProducer
 
 from app.devstack import DevStack, EmbeddedBroker, Node, create_topic, free_port
 from app.events import user_key
+from app.settings import DEFAULT_PARTITIONS as PARTITIONS
 from app.simulate import simulate_events
 from app.stack_client import produce_batched
 
-PARTITIONS = 8
 RUN_TIMEOUT_S = 600.0
 #: The topic is filled before the worker starts, unpaced: envelopes fill up to the batcher's size bound.
 FILL_LINGER_S = 0.02

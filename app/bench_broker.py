@@ -28,9 +28,8 @@ from app.bench_processes import cpu_seconds_of
 from app.devstack import EmbeddedBroker, create_topic
 from app.percentiles import percentiles
 from app.sending import Pacer
+from app.tansu_compat import FETCH_MAX_WAIT_MS  # as the worker's consumer and the gateway's deliverer
 
-#: As the worker's consumer (app.tansu_compat) and the gateway's deliverer.
-FETCH_MAX_WAIT_MS = 10
 #: As the gateway's and the benches' producers: a few records per batch at most at these rates.
 LINGER_MS = 5
 DRAIN_TIMEOUT_S = 60.0

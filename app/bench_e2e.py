@@ -67,7 +67,9 @@ from app.events import decode_record, iso_from_ms
 from app.offsets import read_range
 from app.partitioning import partition_for
 from app.percentiles import percentiles
+from app.settings import DEFAULT_PARTITIONS as PARTITIONS
 from app.stack_client import end_offsets
+from app.tansu_compat import FETCH_MAX_WAIT_MS
 
 GOAL_P99_MS = 50.0
 #: Share of the produced events that fire the bench trigger.
@@ -93,8 +95,6 @@ STALL_S = 5.0
 WARM_UP_S = 3.0
 #: The collector's and the gateway's default linger: how events reach the topic in production.
 PRODUCER_LINGER_MS = 5
-#: Partitions per topic of the bench's stack unless told otherwise (the dev stack's default).
-PARTITIONS = 8
 #: The hub closes a socket that sends more than 20 frames/s (acks included): stay well below per user.
 MAX_MESSAGES_PER_USER_S = 5.0
 #: The trigger file's cap is 1000 messages per user per day: stay well below it on average.
@@ -285,7 +285,7 @@ class _Bench:
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=10,  # as the gateway's deliverer
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # as the gateway's deliverer
         )
         await consumer.start()
         try:
@@ -489,7 +489,8 @@ def _summary(
             for hop in ("event_to_decision", "decision_to_browser")
         },
         "baseline": {
-            "kind": "one Kafka hop: same producer, events and rate; aiokafka consumer with fetch_max_wait_ms=10",
+            "kind": "one Kafka hop: same producer, events and rate; aiokafka consumer with "
+            f"fetch_max_wait_ms={FETCH_MAX_WAIT_MS}",
             "p50_ms": median(baseline_runs, "p50_ms"),
             "p99_ms": baseline_p99,
             "max_ms": max((r["max_ms"] for r in baseline_runs if r["max_ms"] is not None), default=None),

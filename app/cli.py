@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from app.settings import DEFAULT_PARTITIONS
+
 DEFAULT_UCI = (
     Path(__file__).resolve().parent.parent.parent / "shared/data/uci-online-shoppers/online_shoppers_intention.csv"
 )
@@ -145,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         "--partitions",
         type=_positive_int,
         default=None,
-        help="--e2e, --soak, --broker: partitions per topic of the embedded stack (default 8)",
+        help=f"--e2e, --soak, --broker: partitions per topic of the embedded stack (default {DEFAULT_PARTITIONS})",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(run=_bench)
@@ -307,7 +309,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.partitions is not None and not (args.e2e or args.soak or args.broker):
         print("nudge bench: --partitions applies to --e2e, --soak and --broker only", file=sys.stderr)
         return 2
-    partitions = args.partitions or 8
+    partitions = args.partitions or DEFAULT_PARTITIONS
     if args.broker:
         from app import bench_broker
 

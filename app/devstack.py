@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from app.settings import DEFAULT_PARTITIONS
 from models.consent import PURPOSES
 
 READY_TIMEOUT_S = 60.0
@@ -266,7 +267,7 @@ class DevStack:
     #: Names the consumer group, changelog topics and Redis keys (``<app id>:user:<id>``): unique per stack, so
     #: stacks sharing the machine's Redis never see each other's keys.
     app_id: str = field(default_factory=lambda: f"nudge-{secrets.token_hex(3)}")
-    partitions: int = 8
+    partitions: int = DEFAULT_PARTITIONS
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Keep ``root`` (logs, state) after a clean exit; it is always kept after a failure, for its logs.
     keep_files: bool = False

@@ -40,12 +40,12 @@ from app.devstack import DevStack, Node
 from app.events import user_key
 from app.faults import Fault, FaultReport
 from app.offsets import read_range
+from app.settings import DEFAULT_PARTITIONS as PARTITIONS
 from app.simulate import simulate_events
 from app.stack_client import end_offsets, fetch_profiles, get_json, produce_batched, stable, wait_for
 
 SEED = 61
 WORKERS = 2
-PARTITIONS = 8
 #: Longer than the simulated stream, so no label expires on the (partly wall-time) partition clock.
 LABEL_HORIZON_S = 7 * 86_400
 START_TIMEOUT_S = 90.0

@@ -20,6 +20,8 @@ LOG_FORMATS = ("text", "json")
 CLOCKS = ("wall", "event")
 INTENT_MODELS = ("logistic", "forest")
 MIN_SECRET_LENGTH = 16
+#: Partitions per Nudge topic unless NUDGE_PARTITIONS says otherwise; the dev stack and the benches use it too.
+DEFAULT_PARTITIONS = 8
 Role = Literal["worker", "gateway"]
 _FIELD_PATH = re.compile(r"^(traits|context|properties)(\.[A-Za-z0-9_$-]{1,64}){1,2}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
@@ -41,7 +43,7 @@ class Settings:
     store: str = "memory://"
     data_dir: str = "var/nudge"
     app_id: str = "nudge"
-    partitions: int = 8
+    partitions: int = DEFAULT_PARTITIONS
     events_topic: str = "nudge.events"
     dlq_topic: str = "nudge.events.dlq"
     segments_topic: str = "nudge.segments"

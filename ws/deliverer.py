@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from app.metrics import consumer_lag
 from app.settings import Settings
+from app.tansu_compat import FETCH_MAX_WAIT_MS
 from ws import delivery
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Deliverer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # A push is latency-bound: ask the broker to answer as soon as there is anything, or after 10 ms.
-            fetch_max_wait_ms=10,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )
