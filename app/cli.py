@@ -149,6 +149,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"--e2e, --soak, --broker: partitions per topic of the embedded stack (default {DEFAULT_PARTITIONS})",
     )
+    bench.add_argument(
+        "--envelope-events",
+        type=_positive_int,
+        default=None,
+        help="throughput: about this many events per batch envelope in the filled topic (default 625, a backlog; "
+        "the collector's envelopes at a live rate R hold about R/1600 with 8 partitions)",
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(run=_bench)
 
@@ -309,6 +316,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.partitions is not None and not (args.e2e or args.soak or args.broker):
         print("nudge bench: --partitions applies to --e2e, --soak and --broker only", file=sys.stderr)
         return 2
+    if args.envelope_events is not None and (args.e2e or args.soak or args.broker or args.decision):
+        print("nudge bench: --envelope-events applies to the throughput bench only", file=sys.stderr)
+        return 2
     partitions = args.partitions or DEFAULT_PARTITIONS
     if args.broker:
         from app import bench_broker
@@ -366,7 +376,14 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         from app import bench
 
-        result = asyncio.run(bench.run(events=args.events or 100_000, users=args.users or 20_000, runs=args.runs))
+        result = asyncio.run(
+            bench.run(
+                events=args.events or 100_000,
+                users=args.users or 20_000,
+                runs=args.runs,
+                envelope_events=args.envelope_events or bench.ENVELOPE_EVENTS,
+            )
+        )
     if args.json:
         print(orjson.dumps(result).decode())
     else:

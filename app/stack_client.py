@@ -71,10 +71,20 @@ async def stats(stack: DevStack, url: str | None = None) -> dict[str, Any]:
 
 
 async def produce_batched(
-    bootstrap: str, events: list[dict[str, Any]], *, partitions: int, rate: float = 0, linger_s: float = 0.005
+    bootstrap: str,
+    events: list[dict[str, Any]],
+    *,
+    partitions: int,
+    rate: float = 0,
+    linger_s: float = 0.005,
+    chunk: int = 100,
 ) -> None:
     """Produce events the way the collector does (batch envelopes per partition, held ``linger_s``), optionally
-    paced at ``rate`` events/s."""
+    paced at ``rate`` events/s.
+
+    ``chunk`` events are submitted at a time, and each submit waits for its delivery: unpaced, that makes envelopes
+    of about ``chunk / partitions`` events.
+    """
     await create_topic(bootstrap, "nudge.events", partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=round(linger_s * 1000), max_batch_size=1024 * 1024
@@ -83,7 +93,7 @@ async def produce_batched(
     try:
         batcher = topic_batcher(producer, "nudge.events", linger_s=linger_s)
         pacer = Pacer(rate)
-        for part in chunks(events, 100):
+        for part in chunks(events, chunk):
             await batcher.submit((partition_for(user_key(e), partitions), orjson.dumps(e)) for e in part)
             await pacer.advance(len(part))
         await batcher.drain()
