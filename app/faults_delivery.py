@@ -16,9 +16,9 @@ cooldown, a cap the stream stays under, everyone consented), so each probe is on
 trigger and event time) is the same in both runs: timestamps are fixed once per fault and strictly increase.
 
 ``recovery_s`` is the time from the fault until the last pop-up that the fault delayed, i.e. that took more than
-``DELAYED_BY_S`` longer from its event to the tab than the same pop-up in the fault-free run (and, for a killed
-gateway, at least until its tabs were all back): from then on delivery kept the fault-free run's pace. The rate is
-one the stack keeps up with on a busy 2-core machine, so that pace is not a backlog of its own.
+``app.faults_compare.DELAYED_BY_S`` longer from its event to the tab than the same pop-up in the fault-free run
+(and, for a killed gateway, at least until its tabs were all back): from then on delivery kept the fault-free run's
+pace. The rate is one the stack keeps up with on a busy 2-core machine, so that pace is not a backlog of its own.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import secrets
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,151 +42,21 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from app.devstack import DevStack, EmbeddedRedis
-from app.events import iso_from_ms
 from app.fault_clients import SilentSocket, Tab, token
 from app.faults import Fault, FaultReport
+from app.faults_compare import Outcome, compare_runs, event_total
+from app.faults_stream import PROBE_EVENT, Plan, plan, triggers_yaml
 from app.offsets import read_range
-from app.percentiles import nearest_rank
 from app.stack_client import end_offsets, wait_for
 from ws.delivery import inbox_key
 
-PROBE_EVENT = "Fault Probe Requested"
-TRIGGER_NAME = "fault_probe"
-#: Share of the stream that is probes (each one pop-up).
-PROBE_SHARE = 0.2
-#: A pop-up this much later than in the fault-free run was delayed by the fault (see the docstring).
-DELAYED_BY_S = 1.0
-#: Latency of the other users with a silent client: at most this many times the fault-free p99, plus DELAYED_BY_S.
-LATENCY_FACTOR = 3.0
-#: Recovery slower than this is reported as a difference: "bounded recovery time".
-MAX_RECOVERY_S = 45.0
 #: How long to wait for the last pop-ups once the stream is produced, and for no progress at all.
 DRAIN_TIMEOUT_S = 60.0
 STALL_S = 20.0
 REDIS_OUTAGE_S = 3.0
-#: Pop-ups for the client that never reads: enough to pass the gateway's 256 KB send-buffer limit plus the kernel's.
-SILENT_USER_PROBES = 600
 #: Message body length in the slow-client fault: 1 KB pop-ups, so the silent socket's backlog grows fast.
 SLOW_BODY_CHARS = 900
-#: A gateway whose peak RSS grows more than this over the fault-free run's did not stay bounded.
-MAX_EXTRA_RSS_MB = 64.0
 OUTAGE_USER = "fault-outage-probe"
-CATEGORIES = ("shoes", "bags", "shirts", "jackets", "hats", "socks")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One fault's deterministic stream and stack shape, the same for the fault-free and the faulty run."""
-
-    fault: str
-    users: tuple[str, ...]
-    events: tuple[dict[str, Any], ...]
-    #: Events per second, and after how many events the fault strikes.
-    rate: float
-    fault_at: int
-    gateways: int = 1
-    body_chars: int = 60
-    #: The user whose tab never reads in the faulty run (slow-client); it reads without acking in both runs.
-    silent_user: str | None = None
-    private_redis: bool = False
-
-    @property
-    def probes(self) -> int:
-        return sum(1 for event in self.events if event["event"] == PROBE_EVENT)
-
-
-def plan(
-    fault: str,
-    size: int,
-    *,
-    gateways: int = 1,
-    silent_user: bool = False,
-    private_redis: bool = False,
-    body_chars: int = 60,
-    fault_share: float = 0.3,
-) -> Plan:
-    """The stream for ``size`` events: 10 to 100 users, at least 8 s at 100 to 250 events/s, seeded by the fault."""
-    picker = random.Random(fault)
-    users = tuple(f"fault-user-{n:03d}" for n in range(max(10, min(100, size // 50))))
-    silent = "fault-silent-user" if silent_user else None
-    rate = max(100.0, min(250.0, size / 8))
-    base_ms = int(time.time() * 1000) - 60_000 - size  # one event a millisecond, all in the past
-    silent_share = min(0.5, SILENT_USER_PROBES / size) if silent else 0.0
-    events = []
-    for index in range(size):
-        if silent is not None and picker.random() < silent_share:
-            user, probe = silent, True
-        else:
-            user, probe = picker.choice(users), picker.random() < PROBE_SHARE
-        events.append(_event(user, f"{fault}-{index}", iso_from_ms(base_ms + index), probe=probe, picker=picker))
-    all_users = (*users, silent) if silent is not None else users
-    return Plan(
-        fault,
-        all_users,
-        tuple(events),
-        rate,
-        int(size * fault_share),
-        gateways,
-        body_chars,
-        silent,
-        private_redis,
-    )
-
-
-def _event(user: str, message_id: str, stamp: str, *, probe: bool, picker: random.Random) -> dict[str, Any]:
-    properties: dict[str, Any]
-    if probe:
-        name, properties = PROBE_EVENT, {"source": "faults"}
-    else:
-        category, product = picker.choice(CATEGORIES), picker.randrange(200)
-        name = "Product Viewed"
-        properties = {"product_id": f"{category}-{product:03d}", "category": category, "price": 10 + product}
-    return {
-        "type": "track",
-        "userId": user,
-        "event": name,
-        "properties": properties,
-        "messageId": message_id,
-        "timestamp": stamp,
-    }
-
-
-def _triggers(body_chars: int) -> str:
-    body = ("Every pop-up of the fault suite reads like this one. " * (body_chars // 50 + 1))[:body_chars]
-    return f"""\
-# Written by `nudge faults`: one trigger on an event, no cooldown, so every probe is exactly one pop-up.
-cap_per_user_per_day: 1000
-triggers:
-  {TRIGGER_NAME}:
-    when: {{event: {PROBE_EVENT}}}
-    message: {{title: "Fault probe", body: "{body}"}}
-    consent: marketing
-"""
-
-
-@dataclass
-class Outcome:
-    """What one run ended with."""
-
-    #: (user, message id) -> how many times it was shown as a pop-up.
-    shown: dict[tuple[str, str], int]
-    socket_frames: int
-    socket_duplicates: int
-    #: Per pop-up: user, message id, receive time of its first frame, seconds since its event was produced.
-    latencies: list[tuple[str, str, float, float]]
-    #: Decisions on nudge.messages: id -> (user, outcome).
-    decisions: dict[str, tuple[str, str]]
-    #: When the worker produced each decision record (its Kafka timestamp, unix seconds), by id.
-    decided_at: dict[str, float]
-    profiles: dict[str, Any]
-    models: dict[str, Any]
-    gateways: list[dict[str, Any]]
-    peak_rss_mb: float
-    #: Messages left in the inboxes of users whose tabs ack everything: acks that never reached Redis.
-    inbox_left: int
-    #: When the fault struck (unix seconds), if there was one.
-    fault_time: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 #: What a fault does to a running stack once ``fault_at`` events are out: returns its details, sets ``run.fault_time``.
@@ -213,7 +81,7 @@ class Run:
     async def play(self) -> Outcome:
         self.root.mkdir(parents=True, exist_ok=True)
         rules = self.root / "triggers.yaml"
-        rules.write_text(_triggers(self.plan.body_chars))
+        rules.write_text(triggers_yaml(self.plan.body_chars))
         env = {"NUDGE_TRIGGERS_FILE": str(rules.resolve())}
         redis = EmbeddedRedis(private_dir=self.root / "redis" if self.plan.private_redis else None)
         stack = DevStack(gateways=self.plan.gateways, root=self.root, extra_env=env, redis=redis, keep_files=True)
@@ -307,7 +175,7 @@ class Run:
         async def all_folded() -> bool:
             nonlocal profiles
             profiles = await _profiles(self.stack, self.plan.users)
-            return all(_event_total(profiles[user]) >= count for user, count in expected.items())
+            return all(event_total(profiles[user]) >= count for user, count in expected.items())
 
         with contextlib.suppress(TimeoutError):
             await wait_for(all_folded, timeout=DRAIN_TIMEOUT_S, what="the worker to fold every event")
@@ -426,7 +294,7 @@ async def _accepted_kept(stack: DevStack, collector: dict[str, Any]) -> dict[str
 
     async def counted() -> bool:
         profile = (await _profiles(stack, [OUTAGE_USER]))[OUTAGE_USER]
-        return profile is not None and _event_total(profile) >= accepted
+        return profile is not None and event_total(profile) >= accepted
 
     try:
         await wait_for(counted, timeout=30, what="the accepted outage events in the profile")
@@ -504,7 +372,7 @@ async def _compare(stream: Plan, injection: Injection) -> FaultReport:
     runs = [Run(stream, label="clean", injection=None), Run(stream, label="faulty", injection=injection)]
     baseline = await runs[0].play()
     faulty = await runs[1].play()
-    report = _report(stream, baseline, faulty)
+    report = compare_runs(stream, baseline, faulty)
     if report.ok:
         for run in runs:
             shutil.rmtree(run.root, ignore_errors=True)
@@ -514,177 +382,6 @@ async def _compare(stream: Plan, injection: Injection) -> FaultReport:
 
 
 FAULTS: dict[str, Fault] = {"redis-restart": redis_restart, "gateway-kill": gateway_kill, "slow-client": slow_client}
-
-
-# -- comparing the two runs ------------------------------------------------------------------------------------------
-
-
-def _report(stream: Plan, baseline: Outcome, faulty: Outcome) -> FaultReport:
-    diff: dict[str, Any] = {}
-    clean_shown, fault_shown = set(baseline.shown), set(faulty.shown)
-    sent = {(user, message_id) for message_id, (user, outcome) in baseline.decisions.items() if outcome == "sent"}
-    if clean_shown != sent:
-        diff["fault_free_run_itself"] = {
-            "sent_not_shown": len(sent - clean_shown),
-            "shown_not_sent": len(clean_shown - sent),
-        }
-    lost_pops = sorted(clean_shown - fault_shown)
-    extra_pops = sorted(fault_shown - clean_shown)
-    if lost_pops or extra_pops:
-        diff["pop_ups"] = {"lost": [list(p) for p in lost_pops[:10]], "extra": [list(p) for p in extra_pops[:10]]}
-    decisions_lost = sorted(baseline.decisions.keys() - faulty.decisions.keys())
-    decisions_extra = sorted(faulty.decisions.keys() - baseline.decisions.keys())
-    changed = [
-        d for d in baseline.decisions.keys() & faulty.decisions.keys() if baseline.decisions[d] != faulty.decisions[d]
-    ]
-    if decisions_lost or decisions_extra or changed:
-        diff["decisions"] = {"lost": decisions_lost[:10], "extra": decisions_extra[:10], "changed": changed[:10]}
-    events_lost = events_doubled = 0
-    profiles_differ = []
-    for user in stream.users:
-        clean, hurt = baseline.profiles.get(user), faulty.profiles.get(user)
-        if clean != hurt:
-            profiles_differ.append(user)
-            before, after = _event_total(clean), _event_total(hurt)
-            events_lost += max(0, before - after)
-            events_doubled += max(0, after - before)
-    if profiles_differ:
-        diff["profiles"] = {
-            "count": len(profiles_differ),
-            "first": {
-                user: _changes(baseline.profiles.get(user), faulty.profiles.get(user)) for user in profiles_differ[:3]
-            },
-        }
-    if baseline.models != faulty.models:
-        diff["model_versions"] = {"fault_free": baseline.models, "faulty": faulty.models}
-    clean_latency = [latency for *_, latency in baseline.latencies]
-    recovery, delayed = _recovery_s(stream, baseline, faulty)
-    if recovery > MAX_RECOVERY_S:
-        diff["recovery"] = f"took {recovery:.1f} s, over the {MAX_RECOVERY_S:.0f} s bound"
-    details: dict[str, Any] = {
-        "compared": "pop-ups shown per (user, message id); decisions (id, outcome) on nudge.messages; every "
-        "stream user's profile without rfm and category_affinity; model version per partition",
-        "users": len(stream.users),
-        "probes": stream.probes,
-        "rate": stream.rate,
-        "fault_at_event": stream.fault_at,
-        "pop_ups": {"fault_free": len(clean_shown), "faulty": len(fault_shown), "lost": len(lost_pops)},
-        "socket_frames": {"fault_free": baseline.socket_frames, "faulty": faulty.socket_frames},
-        "socket_duplicates": {"fault_free": baseline.socket_duplicates, "faulty": faulty.socket_duplicates},
-        "duplicate_pops_after_sdk_dedupe": sum(count - 1 for count in faulty.shown.values()),
-        "decisions": {"fault_free": len(baseline.decisions), "faulty": len(faulty.decisions)},
-        # Acked but still in the inbox: replayed on the user's next socket, where the SDK drops them by id.
-        "inbox_entries_left": {"fault_free": baseline.inbox_left, "faulty": faulty.inbox_left},
-        "events_lost": events_lost,
-        "events_doubled": events_doubled,
-        "latency_ms": {"fault_free": _summary(clean_latency), "faulty": _summary([x for *_, x in faulty.latencies])},
-        "delayed_pop_ups": delayed,
-        # Where the time went: the worker (event -> decision record) or delivery (decision record -> tab).
-        "hops_ms": {"fault_free": _hops(baseline), "faulty": _hops(faulty)},
-        "gateway_peak_rss_mb": {"fault_free": baseline.peak_rss_mb, "faulty": faulty.peak_rss_mb},
-        "gateways": [_gateway_counts(h) for h in faulty.gateways],
-        **faulty.details,
-    }
-    _fault_specific(stream, baseline, faulty, details, diff)
-    if diff:
-        details["diff"] = diff
-    return FaultReport(
-        fault=stream.fault,
-        events=len(stream.events),
-        lost=len(lost_pops) + len(decisions_lost) + events_lost,
-        doubled=len(decisions_extra) + events_doubled,
-        duplicate_pops=details["duplicate_pops_after_sdk_dedupe"],
-        recovery_s=round(recovery, 2),
-        details=details,
-    )
-
-
-def _fault_specific(
-    stream: Plan, baseline: Outcome, faulty: Outcome, details: dict[str, Any], diff: dict[str, Any]
-) -> None:
-    if stream.fault == "redis-restart":
-        kept = faulty.details.get("during_outage", {}).get("accepted_probe_events_kept", {})
-        if kept.get("accepted") and not kept.get("kept"):
-            diff["outage_events"] = "the collector accepted events during the outage that never reached a profile"
-        collector = faulty.details.get("during_outage", {}).get("collector", {})
-        unclear = {name: answer for name, answer in collector.items() if not _clear_answer(answer)}
-        if unclear:
-            diff["collector_refusals"] = {"expected": "200, or 503 with a JSON message", "seen": unclear}
-        socket = faulty.details.get("during_outage", {}).get("new_socket", {})
-        if socket.get("answered") != "pong" and not (socket.get("closed") == 1013 and socket.get("reason")):
-            diff["new_socket_during_outage"] = {"expected": "served, or closed 1013 with a reason", "seen": socket}
-    if stream.silent_user is not None:
-        silent = stream.silent_user
-        dropped = sum(int(h.get("dropped_slow", 0)) for h in faulty.gateways)
-        details["dropped_slow_sockets"] = dropped
-        if dropped != 1:
-            diff["dropped_slow"] = f"{dropped} sockets dropped as slow; expected exactly the silent one"
-        if faulty.details.get("silent_socket_dropped_after_s") is None:
-            diff["silent_socket"] = "the gateway never dropped the socket that does not read"
-        # Everyone else: the silent user's pop-ups come from its inbox when it returns, late by design.
-        clean_p99 = _percentile([x for user, *_, x in baseline.latencies if user != silent], 0.99)
-        fault_p99 = _percentile([x for user, *_, x in faulty.latencies if user != silent], 0.99)
-        details["others_p99_ms"] = {"fault_free": round(clean_p99 * 1000, 1), "faulty": round(fault_p99 * 1000, 1)}
-        # A loose bar: this machine is shared, so p99s wander between runs; a stalled gateway would pass it by far.
-        if fault_p99 > LATENCY_FACTOR * clean_p99 + DELAYED_BY_S:
-            diff["latency"] = (
-                f"others' p99 {fault_p99 * 1000:.0f} ms with the silent client, {clean_p99 * 1000:.0f} ms without"
-            )
-        extra_rss = faulty.peak_rss_mb - baseline.peak_rss_mb
-        if extra_rss > MAX_EXTRA_RSS_MB:
-            diff["gateway_memory"] = f"peak RSS {extra_rss:.0f} MB above the fault-free run's"
-
-
-def _changes(clean: Any, hurt: Any) -> dict[str, Any]:
-    """The top-level fields of two profiles that differ, as ``[fault-free, faulty]``."""
-    if not isinstance(clean, dict) or not isinstance(hurt, dict):
-        return {"profile": [clean is not None, hurt is not None]}
-    return {
-        key: [clean.get(key), hurt.get(key)]
-        for key in sorted(clean.keys() | hurt.keys())
-        if clean.get(key) != hurt.get(key)
-    }
-
-
-def _hops(outcome: Outcome) -> dict[str, dict[str, float]]:
-    to_decision, to_tab = [], []
-    for _, message_id, received, latency in outcome.latencies:
-        decided = outcome.decided_at.get(message_id)
-        if decided is not None:
-            to_decision.append(decided - (received - latency))
-            to_tab.append(received - decided)
-    return {"event_to_decision": _summary(to_decision), "decision_to_tab": _summary(to_tab)}
-
-
-def _clear_answer(answer: dict[str, Any]) -> bool:
-    """A collector answer during the outage: accepted, or refused as retryable with the reason."""
-    if answer.get("status") == 200:
-        return True
-    if answer.get("status") != 503:
-        return False
-    try:
-        return bool(orjson.loads(answer.get("body", "")).get("message"))
-    except (orjson.JSONDecodeError, AttributeError):
-        return False
-
-
-def _recovery_s(stream: Plan, baseline: Outcome, faulty: Outcome) -> tuple[float, int]:
-    """From the fault to the last pop-up it delayed (and to the last reconnect, for a killed gateway); how many.
-
-    The silent user's pop-ups wait in its inbox until it comes back: delayed by design, not counted.
-    """
-    if faulty.fault_time is None:
-        return 0.0, 0
-    clean = {message_id: latency for _, message_id, _, latency in baseline.latencies}
-    delayed = [
-        received
-        for user, message_id, received, latency in faulty.latencies
-        if user != stream.silent_user
-        and received >= faulty.fault_time
-        and latency - clean.get(message_id, latency) > DELAYED_BY_S
-    ]
-    recovered = max(delayed, default=faulty.fault_time) - faulty.fault_time
-    return max(recovered, float(faulty.details.get("all_reconnected_s", 0.0))), len(delayed)
 
 
 # -- reading the stack -----------------------------------------------------------------------------------------------
@@ -732,11 +429,6 @@ async def _profiles(stack: DevStack, users: Any) -> dict[str, Any]:
         return dict(await asyncio.gather(*(one(session, user) for user in users)))
 
 
-def _event_total(profile: Any) -> int:
-    counts = profile.get("event_counts", {}) if isinstance(profile, dict) else {}
-    return sum(int(n) for n in counts.values()) if isinstance(counts, dict) else 0
-
-
 async def _models(stack: DevStack) -> dict[str, Any]:
     """The model version of each partition the worker holds."""
     described = await _json(f"{stack.http}/v1/models", api_key=stack.api_key) or {}
@@ -765,23 +457,6 @@ async def _inbox_entries(stack: DevStack, users: list[str]) -> int:
             return sum(await pipe.execute())
     finally:
         await redis.aclose()
-
-
-def _gateway_counts(health: dict[str, Any]) -> dict[str, Any]:
-    keys = ("node", "connections", "opened", "pushed", "acked", "dropped_slow", "delivered", "published")
-    return {key: health[key] for key in keys if key in health}
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return nearest_rank(sorted(values), q) if values else 0.0
-
-
-def _summary(seconds: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(_percentile(seconds, 0.5) * 1000, 1),
-        "p99": round(_percentile(seconds, 0.99) * 1000, 1),
-        "max": round(max(seconds, default=0.0) * 1000, 1),
-    }
 
 
 class _RssSampler:
