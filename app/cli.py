@@ -153,8 +153,8 @@ def _parser() -> argparse.ArgumentParser:
         "--envelope-events",
         type=_positive_int,
         default=None,
-        help="throughput: about this many events per batch envelope in the filled topic (default 625, a backlog; "
-        "the collector's envelopes at a live rate R hold about R/1600 with 8 partitions)",
+        help="throughput: about this many events per batch envelope in the filled topic (default 12: the "
+        "collector's envelopes hold about R/1600 events at a live rate of R events/s with 8 partitions)",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(run=_bench)
