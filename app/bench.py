@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.devstack import DevStack, EmbeddedBroker, Node, create_topic, free_port
 from app.events import user_key
+from app.settings import DEFAULT_COLLECTOR_LINGER_MS
 from app.settings import DEFAULT_PARTITIONS as PARTITIONS
 from app.simulate import simulate_events
 from app.stack_client import end_offsets, produce_batched
@@ -37,9 +38,14 @@ from app.stack_client import end_offsets, produce_batched
 RUN_TIMEOUT_S = 600.0
 #: The topic is filled before the worker starts, unpaced, ``envelope_events * PARTITIONS`` events per submit.
 FILL_LINGER_S = 0.02
-#: Events per batch envelope unless told: what the collector's 5 ms linger packs for one of 8 partitions at the
-#: goal's 20,000 events/s. A backlog of simulated events packs fuller ones (``--envelope-events 625``), and flatters.
-ENVELOPE_EVENTS = 12
+#: The issue's goal for one worker, events/s.
+GOAL_EVENTS_PER_S = 20_000
+#: Events per batch envelope unless told: what the collector's linger packs for one partition at the goal's rate
+#: (12 with a 5 ms linger and 8 partitions).
+ENVELOPE_EVENTS = GOAL_EVENTS_PER_S * DEFAULT_COLLECTOR_LINGER_MS // 1000 // PARTITIONS
+#: What a backlog of simulated events packs (the batcher's 256 KB bound makes it about 480); it flatters Nudge, whose
+#: per-user work is per envelope: the simulator's users act a few hundred events apart, real ones much further.
+BACKLOG_ENVELOPE_EVENTS = 625
 
 
 async def run(*, events: int, users: int, runs: int, envelope_events: int = ENVELOPE_EVENTS) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from app.bench import PARTITIONS, fill, wait_until_processed
+from app.bench import BACKLOG_ENVELOPE_EVENTS, PARTITIONS, fill, wait_until_processed
 from app.devstack import DevStack
 from app.events import user_key
 from app.percentiles import percentiles
@@ -34,7 +34,7 @@ async def run(*, rate: float, seconds: float, runs: int, users: int, events: int
     corpus = [e for e in simulate_events(users=users, events=events, seed=5) if isinstance(e, dict)]
     user_ids = sorted({user_key(event) for event in corpus})
     async with DevStack(workers=1, gateways=0, partitions=PARTITIONS) as stack:
-        await fill(stack.broker.bootstrap, corpus)
+        await fill(stack.broker.bootstrap, corpus, BACKLOG_ENVELOPE_EVENTS)  # the shape does not matter here
         await wait_until_processed(stack.nodes[0], stack.api_key, len(corpus))
         headers = {"Authorization": f"Bearer {stack.api_key}"}
         connector = aiohttp.TCPConnector(limit=256)

@@ -67,7 +67,9 @@ from app.events import decode_record, iso_from_ms
 from app.offsets import read_range
 from app.partitioning import partition_for
 from app.percentiles import percentiles
+from app.settings import DEFAULT_COLLECTOR_LINGER_MS
 from app.settings import DEFAULT_PARTITIONS as PARTITIONS
+from app.simulate import load_event
 from app.stack_client import end_offsets
 from app.tansu_compat import FETCH_MAX_WAIT_MS
 
@@ -93,13 +95,10 @@ DRAIN_TIMEOUT_S = 30.0
 STALL_S = 5.0
 #: A short unmeasured run first: consumers fetching, caches and connections warm.
 WARM_UP_S = 3.0
-#: The collector's and the gateway's default linger: how events reach the topic in production.
-PRODUCER_LINGER_MS = 5
 #: The hub closes a socket that sends more than 20 frames/s (acks included): stay well below per user.
 MAX_MESSAGES_PER_USER_S = 5.0
 #: The trigger file's cap is 1000 messages per user per day: stay well below it on average.
 MAX_MESSAGES_PER_USER = 500
-CATEGORIES = ("shoes", "bags", "shirts", "jackets", "hats", "socks", "watches", "belts")
 
 
 async def run(*, clients: int, rate: float, seconds: float, runs: int, partitions: int = PARTITIONS) -> dict[str, Any]:
@@ -181,7 +180,7 @@ async def probe_rig(
             users = [bench_user(index) for index in client_process.connected]
             if not users:
                 raise RuntimeError(f"no websocket client could connect; see the gateway log in {root}")
-            producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap, linger_ms=PRODUCER_LINGER_MS)
+            producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap, linger_ms=DEFAULT_COLLECTOR_LINGER_MS)
             await producer.start()
             try:
                 events = ProbeProducer(producer, users, rate=rate, partitions=stack.partitions)
@@ -357,7 +356,7 @@ class ProbeProducer:
 
         Progress goes into ``into`` (a fresh :class:`Produced` if none), which is returned once all are delivered.
         """
-        batcher = topic_batcher(self.producer, topic, linger_s=PRODUCER_LINGER_MS / 1000)
+        batcher = topic_batcher(self.producer, topic, linger_s=DEFAULT_COLLECTOR_LINGER_MS / 1000)
         #: Submitted and not yet delivered, oldest first: a long soak must not keep every finished one.
         deliveries: deque[asyncio.Task[None]] = deque()
         self._runs += 1
@@ -397,7 +396,8 @@ class ProbeProducer:
             self._last_ms[user] = stamp_ms
             stamp = iso_from_ms(stamp_ms)
             triggering = picker.random() < TRIGGER_SHARE
-            event = _event(user, f"bench-{label}-{produced.events}", stamp, triggering=triggering, picker=picker)
+            signal = (TRIGGER_EVENT, {"source": "bench"}) if triggering else None
+            event = load_event(user, f"bench-{label}-{produced.events}", stamp, picker=picker, signal=signal)
             if due_in_event:
                 event["properties"]["bench_due"] = due
             due_now.append((partition_for(user, self.partitions), orjson.dumps(event)))
@@ -406,29 +406,6 @@ class ProbeProducer:
                 produced.due[(user, stamp)] = due
             produced.events += 1
         return due_now
-
-
-def _event(user: str, message_id: str, stamp: str, *, triggering: bool, picker: random.Random) -> dict[str, Any]:
-    properties: dict[str, Any]
-    if triggering:
-        name, properties = TRIGGER_EVENT, {"source": "bench"}
-    else:
-        category, product = picker.choice(CATEGORIES), picker.randrange(400)
-        name = "Product Viewed"
-        properties = {
-            "product_id": f"{category}-{product:03d}",
-            "category": category,
-            "price": round(9.99 + product * 0.25, 2),
-            "quantity": 1,
-        }
-    return {
-        "type": "track",
-        "userId": user,
-        "event": name,
-        "properties": properties,
-        "messageId": message_id,
-        "timestamp": stamp,
-    }
 
 
 async def probe_decisions(bootstrap: str, starts: dict[int, int], partitions: int) -> dict[str, Decision]:

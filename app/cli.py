@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from app.settings import DEFAULT_PARTITIONS
+from app.settings import DEFAULT_COLLECTOR_LINGER_MS, DEFAULT_PARTITIONS
 
 DEFAULT_UCI = (
     Path(__file__).resolve().parent.parent.parent / "shared/data/uci-online-shoppers/online_shoppers_intention.csv"
@@ -153,8 +153,9 @@ def _parser() -> argparse.ArgumentParser:
         "--envelope-events",
         type=_positive_int,
         default=None,
-        help="throughput: about this many events per batch envelope in the filled topic (default 12: the "
-        "collector's envelopes hold about R/1600 events at a live rate of R events/s with 8 partitions)",
+        help="throughput: about this many events per batch envelope in the filled topic (default: what the "
+        f"collector's {DEFAULT_COLLECTOR_LINGER_MS} ms linger packs for one of {DEFAULT_PARTITIONS} partitions at "
+        "the goal's 20,000 events/s; 625 gives the fuller envelopes of a backlog)",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(run=_bench)

@@ -356,15 +356,11 @@ async def _silent_tab(run: Run) -> dict[str, Any]:
         silent.close()
     # The user comes back and reads: the inbox must give it every pop-up exactly once.
     run.tasks[user] = asyncio.create_task(run.tabs[user].run())
-    return {"silent_socket_dropped_after_s": dropped_s, "silent_user_probes": _probes_of(run.plan, user)}
+    return {"silent_socket_dropped_after_s": dropped_s, "silent_user_probes": run.plan.probes_of(user)}
 
 
 async def _produced_all(run: Run) -> bool:
     return run.produced >= len(run.plan.events)
-
-
-def _probes_of(stream: Plan, user: str) -> int:
-    return sum(1 for event in stream.events if event["event"] == PROBE_EVENT and event["userId"] == user)
 
 
 async def _compare(stream: Plan, injection: Injection) -> FaultReport:

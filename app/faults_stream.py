@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.events import iso_from_ms
+from app.simulate import load_event
 
 PROBE_EVENT = "Fault Probe Requested"
 TRIGGER_NAME = "fault_probe"
@@ -15,7 +16,6 @@ TRIGGER_NAME = "fault_probe"
 PROBE_SHARE = 0.2
 #: Pop-ups for the client that never reads: enough to pass the gateway's 256 KB send-buffer limit plus the kernel's.
 SILENT_USER_PROBES = 600
-CATEGORIES = ("shoes", "bags", "shirts", "jackets", "hats", "socks")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,11 @@ class Plan:
 
     @property
     def probes(self) -> int:
-        return sum(1 for event in self.events if event["event"] == PROBE_EVENT)
+        return self.probes_of(None)
+
+    def probes_of(self, user: str | None) -> int:
+        """How many probes the stream holds, of ``user`` only unless None: each is one pop-up."""
+        return sum(1 for e in self.events if e["event"] == PROBE_EVENT and (user is None or e["userId"] == user))
 
 
 def plan(
@@ -62,7 +66,8 @@ def plan(
             user, probe = silent, True
         else:
             user, probe = picker.choice(users), picker.random() < PROBE_SHARE
-        events.append(_event(user, f"{fault}-{index}", iso_from_ms(base_ms + index), probe=probe, picker=picker))
+        signal = (PROBE_EVENT, {"source": "faults"}) if probe else None
+        events.append(load_event(user, f"{fault}-{index}", iso_from_ms(base_ms + index), picker=picker, signal=signal))
     all_users = (*users, silent) if silent is not None else users
     return Plan(
         fault,
@@ -75,24 +80,6 @@ def plan(
         silent,
         private_redis,
     )
-
-
-def _event(user: str, message_id: str, stamp: str, *, probe: bool, picker: random.Random) -> dict[str, Any]:
-    properties: dict[str, Any]
-    if probe:
-        name, properties = PROBE_EVENT, {"source": "faults"}
-    else:
-        category, product = picker.choice(CATEGORIES), picker.randrange(200)
-        name = "Product Viewed"
-        properties = {"product_id": f"{category}-{product:03d}", "category": category, "price": 10 + product}
-    return {
-        "type": "track",
-        "userId": user,
-        "event": name,
-        "properties": properties,
-        "messageId": message_id,
-        "timestamp": stamp,
-    }
 
 
 def triggers_yaml(body_chars: int) -> str:

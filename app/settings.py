@@ -22,6 +22,9 @@ INTENT_MODELS = ("logistic", "forest")
 MIN_SECRET_LENGTH = 16
 #: Partitions per Nudge topic unless NUDGE_PARTITIONS says otherwise; the dev stack and the benches use it too.
 DEFAULT_PARTITIONS = 8
+#: How long the collector and the gateway gather a partition's events into one batch envelope; the benches produce
+#: as they do.
+DEFAULT_COLLECTOR_LINGER_MS = 5
 Role = Literal["worker", "gateway"]
 _FIELD_PATH = re.compile(r"^(traits|context|properties)(\.[A-Za-z0-9_$-]{1,64}){1,2}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
@@ -55,7 +58,7 @@ class Settings:
     api_keys: frozenset[str] = frozenset()
     session_timeout_s: float = 10.0
     producer_linger_ms: int = 10
-    collector_linger_ms: int = 5
+    collector_linger_ms: int = DEFAULT_COLLECTOR_LINGER_MS
     log_level: str = "info"
     #: ``text``, or ``json``: one JSON object per log line (``app.logs``).
     log_format: str = "text"

@@ -54,6 +54,36 @@ def _iso_date(days_since_epoch: int) -> str:
     return (_EPOCH_DATE + timedelta(days=days_since_epoch)).isoformat()
 
 
+#: The categories of :func:`load_event`'s product views.
+LOAD_CATEGORIES = ("shoes", "bags", "shirts", "jackets", "hats", "socks", "watches", "belts")
+
+
+def load_event(
+    user: str, message_id: str, stamp: str, *, picker: random.Random, signal: tuple[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One event of the benches' and the fault suite's load, which count what their signal events cause: the
+    ``signal`` event (its name and properties) if given, else a view of a product that ``picker`` chooses."""
+    if signal is not None:
+        name, properties = signal
+    else:
+        category, product = picker.choice(LOAD_CATEGORIES), picker.randrange(400)
+        name = "Product Viewed"
+        properties = {
+            "product_id": f"{category}-{product:03d}",
+            "category": category,
+            "price": round(9.99 + product * 0.25, 2),
+            "quantity": 1,
+        }
+    return {
+        "type": "track",
+        "userId": user,
+        "event": name,
+        "properties": properties,
+        "messageId": message_id,
+        "timestamp": stamp,
+    }
+
+
 def simulate_events(
     *,
     users: int,
