@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -76,32 +77,34 @@ def _parser() -> argparse.ArgumentParser:
     cluster.set_defaults(run=_dev)
 
     demo = commands.add_parser("demo", help="`nudge dev` plus simulated shoppers and a live summary")
-    demo.add_argument("--rate", type=float, default=400, help="simulated events per second (default 400)")
-    demo.add_argument("--users", type=int, default=2000, help="simulated shoppers (default 2000)")
-    demo.add_argument("--bad-share", type=float, default=0.01, help="share of malformed events (default 0.01)")
+    demo.add_argument("--rate", type=_positive_float, default=400, help="simulated events per second (default 400)")
+    demo.add_argument("--users", type=_positive_int, default=2000, help="simulated shoppers (default 2000)")
+    demo.add_argument("--bad-share", type=_share, default=0.01, help="share of malformed events (default 0.01)")
     demo.set_defaults(run=_demo)
 
     simulate = commands.add_parser("simulate", help="produce realistic simulated shoppers")
     _target_arguments(simulate)
-    simulate.add_argument("--users", type=int, default=1000, help="number of shoppers (default 1000)")
-    simulate.add_argument("--events", type=int, default=10_000, help="number of events (default 10000)")
+    simulate.add_argument("--users", type=_positive_int, default=1000, help="number of shoppers (default 1000)")
+    simulate.add_argument("--events", type=_positive_int, default=10_000, help="number of events (default 10000)")
     simulate.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    simulate.add_argument("--bad-share", type=float, default=0.0, help="share of malformed events (default 0)")
+    simulate.add_argument("--bad-share", type=_share, default=0.0, help="share of malformed events (default 0)")
     simulate.set_defaults(run=_simulate)
 
     replay = commands.add_parser("replay", help="stream the REES46 sample into the collector")
     _target_arguments(replay)
     replay.add_argument("--file", type=Path, default=DEFAULT_REES46, help="REES46 CSV (default: ../shared/data)")
     replay.add_argument(
-        "--speed", type=float, default=0, help="times real time, e.g. 60 = an hour a minute (default 0: max)"
+        "--speed", type=_speed, default=0, help="times real time, e.g. 60 = an hour a minute (default 0: max)"
     )
-    replay.add_argument("--limit", type=int, default=None, help="stop after this many events")
+    replay.add_argument("--limit", type=_positive_int, default=None, help="stop after this many events")
     replay.set_defaults(run=_replay)
 
     evaluate = commands.add_parser("eval", help="intent model quality on real data (progressive validation)")
     evaluate.add_argument("--rees46", type=Path, default=DEFAULT_REES46, help="REES46 CSV (default: ../shared/data)")
     evaluate.add_argument("--uci", type=Path, default=DEFAULT_UCI, help="UCI Online Shoppers CSV (default: ../shared)")
-    evaluate.add_argument("--horizon-s", type=int, default=300, help="purchase horizon in seconds (default 300)")
+    evaluate.add_argument(
+        "--horizon-s", type=_positive_int, default=300, help="purchase horizon in seconds (default 300)"
+    )
     evaluate.add_argument(
         "--model", choices=["logistic", "forest"], default="logistic", help="intent model kind (default logistic)"
     )
@@ -135,14 +138,24 @@ def _parser() -> argparse.ArgumentParser:
         default=40_000,
         help="--broker: record batches held at the fullest step (default 40000)",
     )
-    bench.add_argument("--minutes", type=float, default=10.0, help="--soak: minutes to run (default 10)")
+    bench.add_argument("--minutes", type=_positive_float, default=10.0, help="--soak: minutes to run (default 10)")
     bench.add_argument("--plot", type=Path, default=Path("artifacts/soak.png"), help="--soak: PNG written at the end")
-    bench.add_argument("--clients", type=int, default=1000, help="--e2e, --soak: websocket clients (default 1000)")
-    bench.add_argument("--events", type=int, default=None, help="events per run (default 100000; --decision 20000)")
-    bench.add_argument("--users", type=int, default=None, help="distinct users (default 20000; --decision 2000)")
-    bench.add_argument("--runs", type=int, default=3, help="runs of each side; medians reported (default 3)")
-    bench.add_argument("--rate", type=float, default=500.0, help="requests/s, --e2e/--soak: events/s (default 500)")
-    bench.add_argument("--seconds", type=float, default=10.0, help="--decision, --e2e: seconds per run (default 10)")
+    bench.add_argument(
+        "--clients", type=_positive_int, default=1000, help="--e2e, --soak: websocket clients (default 1000)"
+    )
+    bench.add_argument(
+        "--events", type=_positive_int, default=None, help="events per run (default 100000; --decision 20000)"
+    )
+    bench.add_argument(
+        "--users", type=_positive_int, default=None, help="distinct users (default 20000; --decision 2000)"
+    )
+    bench.add_argument("--runs", type=_positive_int, default=3, help="runs of each side; medians reported (default 3)")
+    bench.add_argument(
+        "--rate", type=_positive_float, default=500.0, help="requests/s, --e2e/--soak: events/s (default 500)"
+    )
+    bench.add_argument(
+        "--seconds", type=_positive_float, default=10.0, help="--decision, --e2e: seconds per run (default 10)"
+    )
     bench.add_argument(
         "--partitions",
         type=_positive_int,
@@ -181,6 +194,37 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not more than 0")
+    return value
+
+
+def _speed(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative (0 means as fast as possible)")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share from 0 to 1")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
 
 

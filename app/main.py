@@ -36,6 +36,10 @@ app = faust.App(
     web_host=settings.web_host,
     web_port=settings.web_port,
     canonical_url=settings.web_url,
+    # Faust would serve every table, unauthenticated, at /table/<name>/<key>/, and the cluster's layout at /router/:
+    # the API (app/api.py) is the way in. @table_route forwards a request to the owner's canonical_url without them.
+    web_tables_enabled=False,
+    web_router_enabled=False,
     broker_session_timeout=settings.session_timeout_s,
     broker_heartbeat_interval=1.0,
     broker_commit_interval=1.0,

@@ -28,6 +28,11 @@ DEFAULT_COLLECTOR_LINGER_MS = 5
 Role = Literal["worker", "gateway"]
 _FIELD_PATH = re.compile(r"^(traits|context|properties)(\.[A-Za-z0-9_$-]{1,64}){1,2}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+_WEB_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+/?$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: Hosts that mean "every interface" to a listener and nothing to a client.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
 
 
 class SettingsError(ValueError):
@@ -52,6 +57,8 @@ class Settings:
     segments_topic: str = "nudge.segments"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    #: How other workers reach this one (Faust's table routing); ``http://{web_host}:{web_port}`` unless set.
+    advertised_web_url: str | None = None
     #: Segment write keys accepted by the collector (HTTP Basic user).
     write_keys: frozenset[str] = frozenset()
     #: Keys for the read API (``Authorization: Bearer <key>``).
@@ -106,14 +113,15 @@ class Settings:
             "embedded_broker": _flag(env, "NUDGE_EMBEDDED_BROKER", defaults.embedded_broker),
             "redis_url": env.get("REDIS_URL") or None,
             "store": env.get("NUDGE_STORE") or defaults.store,
-            "data_dir": env.get("NUDGE_DATA_DIR", defaults.data_dir),
-            "app_id": env.get("NUDGE_APP_ID", defaults.app_id),
+            "data_dir": env.get("NUDGE_DATA_DIR") or defaults.data_dir,
+            "app_id": env.get("NUDGE_APP_ID") or defaults.app_id,
             "partitions": _int(env, "NUDGE_PARTITIONS", defaults.partitions, low=1, high=1024),
-            "events_topic": env.get("NUDGE_EVENTS_TOPIC", defaults.events_topic),
-            "dlq_topic": env.get("NUDGE_DLQ_TOPIC", defaults.dlq_topic),
-            "segments_topic": env.get("NUDGE_SEGMENTS_TOPIC", defaults.segments_topic),
-            "web_host": env.get("NUDGE_WEB_HOST", defaults.web_host),
+            "events_topic": env.get("NUDGE_EVENTS_TOPIC") or defaults.events_topic,
+            "dlq_topic": env.get("NUDGE_DLQ_TOPIC") or defaults.dlq_topic,
+            "segments_topic": env.get("NUDGE_SEGMENTS_TOPIC") or defaults.segments_topic,
+            "web_host": env.get("NUDGE_WEB_HOST") or defaults.web_host,
             "web_port": _int(env, "NUDGE_WEB_PORT", defaults.web_port, low=1, high=65535),
+            "advertised_web_url": env.get("NUDGE_WEB_URL") or None,
             "write_keys": _keys(env, "NUDGE_WRITE_KEYS"),
             "api_keys": _keys(env, "NUDGE_API_KEYS"),
             "session_timeout_s": _float(env, "NUDGE_SESSION_TIMEOUT_S", defaults.session_timeout_s),
@@ -125,18 +133,18 @@ class Settings:
             "segments_file": env.get("NUDGE_SEGMENTS_FILE") or defaults.segments_file,
             "content_file": env.get("NUDGE_CONTENT_FILE") or defaults.content_file,
             "triggers_file": env.get("NUDGE_TRIGGERS_FILE") or defaults.triggers_file,
-            "messages_topic": env.get("NUDGE_MESSAGES_TOPIC", defaults.messages_topic),
-            "audit_topic": env.get("NUDGE_AUDIT_TOPIC", defaults.audit_topic),
+            "messages_topic": env.get("NUDGE_MESSAGES_TOPIC") or defaults.messages_topic,
+            "audit_topic": env.get("NUDGE_AUDIT_TOPIC") or defaults.audit_topic,
             "personal_fields": tuple(sorted(_keys(env, "NUDGE_PERSONAL_FIELDS"))),
             "default_consent": _keys(env, "NUDGE_DEFAULT_CONSENT"),
             "label_horizon_s": _int(env, "NUDGE_LABEL_HORIZON_S", defaults.label_horizon_s, 1, 30 * 86400),
             "clock": (env.get("NUDGE_CLOCK") or defaults.clock).lower(),
             "intent_model": (env.get("NUDGE_INTENT_MODEL") or defaults.intent_model).lower(),
             "read_model_ttl_s": _int(env, "NUDGE_READ_MODEL_TTL_S", defaults.read_model_ttl_s, 1, 365 * 86400),
-            "ws_host": env.get("NUDGE_WS_HOST", defaults.ws_host),
+            "ws_host": env.get("NUDGE_WS_HOST") or defaults.ws_host,
             "ws_port": _int(env, "NUDGE_WS_PORT", defaults.ws_port, low=1, high=65535),
             "ws_origins": _keys(env, "NUDGE_WS_ORIGINS"),
-            "node_id": env.get("NUDGE_NODE_ID", defaults.node_id),
+            "node_id": env.get("NUDGE_NODE_ID") or defaults.node_id,
             "demo_store": _flag(env, "NUDGE_DEMO_STORE", defaults.demo_store),
         }
         settings = cls(**values)  # type: ignore[arg-type]
@@ -162,6 +170,10 @@ class Settings:
             raise SettingsError("KAFKA_BROKER_URL is not set (use `nudge dev` for the embedded stack)")
         if self.redis_url is None:
             raise SettingsError("REDIS_URL is not set (use `nudge dev` for the embedded stack)")
+        if not self.redis_url.startswith(REDIS_SCHEMES):
+            raise SettingsError(f"REDIS_URL={self.redis_url!r}: expected a URL like redis://host:6379/0")
+        self._check_topics()
+        self._check_web_url(role)
         if len(self.secret) < MIN_SECRET_LENGTH:
             raise SettingsError(
                 f"NUDGE_SECRET is {'empty' if not self.secret else 'too short'}: set at least "
@@ -187,6 +199,32 @@ class Settings:
                 f"NUDGE_STORE={self.store!r}: only memory:// is supported (tables recover from changelogs)"
             )
 
+    def _check_topics(self) -> None:
+        topics = {
+            "NUDGE_EVENTS_TOPIC": self.events_topic,
+            "NUDGE_DLQ_TOPIC": self.dlq_topic,
+            "NUDGE_SEGMENTS_TOPIC": self.segments_topic,
+            "NUDGE_MESSAGES_TOPIC": self.messages_topic,
+            "NUDGE_AUDIT_TOPIC": self.audit_topic,
+        }
+        seen: dict[str, str] = {}
+        for name, topic in topics.items():
+            if not _TOPIC.match(topic) or topic in {".", ".."}:
+                raise SettingsError(f"{name}={topic!r}: a Kafka topic name is 1-249 of A-Z, a-z, 0-9, '.', '_', '-'")
+            if topic in seen:
+                raise SettingsError(f"{name}={topic!r}: {seen[topic]} names the same topic; each needs its own")
+            seen[topic] = name
+
+    def _check_web_url(self, role: Role) -> None:
+        if self.advertised_web_url is not None and not _WEB_URL.match(self.advertised_web_url):
+            raise SettingsError(f"NUDGE_WEB_URL={self.advertised_web_url!r}: expected a URL like http://worker-1:6066")
+        if role == "worker" and self.advertised_web_url is None and self.web_host in WILDCARD_HOSTS:
+            raise SettingsError(
+                f"NUDGE_WEB_HOST={self.web_host!r} listens on every interface but is no address other workers "
+                "can reach this one at: set NUDGE_WEB_URL to this worker's own address, "
+                f"e.g. http://worker-1:{self.web_port}"
+            )
+
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -203,7 +241,8 @@ class Settings:
 
     @property
     def web_url(self) -> str:
-        return f"http://{self.web_host}:{self.web_port}"
+        """Where other workers and tools reach this worker's HTTP server."""
+        return self.advertised_web_url or f"http://{self.web_host}:{self.web_port}"
 
     @property
     def all_personal_fields(self) -> tuple[str, ...]:

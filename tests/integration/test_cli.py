@@ -141,6 +141,14 @@ def test_a_bench_stopped_with_sigterm_stops_the_stack_it_started(tmp_path: Path)
         (["bench", "--broker", "--decision"], "pass at most one of --decision, --e2e, --soak, --broker"),
         (["bench", "--e2e", "--envelope-events", "5"], "--envelope-events applies to the throughput bench only"),
         (["bench", "--envelope-events", "0"], "argument --envelope-events: 0 is not at least 1"),
+        (["simulate", "--users", "0"], "argument --users: 0 is not at least 1"),
+        (["simulate", "--events", "-1"], "argument --events: -1 is not at least 1"),
+        (["simulate", "--bad-share", "2"], "argument --bad-share: 2 is not a share from 0 to 1"),
+        (["demo", "--rate", "nan"], "argument --rate: 'nan' is not a finite number"),
+        (["replay", "--speed", "-1"], "argument --speed: -1 is negative"),
+        (["bench", "--runs", "0"], "argument --runs: 0 is not at least 1"),
+        (["bench", "--e2e", "--clients", "0"], "argument --clients: 0 is not at least 1"),
+        (["bench", "--soak", "--minutes", "0"], "argument --minutes: 0 is not more than 0"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(arguments: list[str], reason: str) -> None:

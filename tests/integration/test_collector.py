@@ -139,3 +139,26 @@ def _datetime(stamp: str) -> Any:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(parse_timestamp(stamp, field="timestamp") / 1000, UTC)
+
+
+async def test_no_table_is_readable_without_a_key(stack: DevStack) -> None:
+    """Faust serves every table at ``/table/<name>/<key>/`` unless told not to: a profile must not leak there."""
+    auth = base64.b64encode(f"{stack.write_key}:".encode()).decode()
+    event = {"type": "track", "userId": "table-peek", "event": "Product Added", "properties": {"product_id": "p-9"}}
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Basic {auth}"}
+        async with session.post(f"{stack.http}/v1/track", json=event, headers=headers) as response:
+            assert response.status == 200
+
+        async def profiled() -> bool:
+            return (await fetch_profiles(stack, ["table-peek"]))["table-peek"] is not None
+
+        await wait_for(profiled, timeout=30, what="table-peek's profile")
+        for table in ("profiles", "insights", "messages", "aliases"):
+            async with session.get(f"{stack.http}/table/{table}/table-peek/") as response:
+                body = await response.text()
+                assert response.status == 404, (table, response.status, body)
+                assert "p-9" not in body
+        for path in ("/table/", "/router/"):
+            async with session.get(f"{stack.http}{path}") as response:
+                assert response.status == 404, path

@@ -50,6 +50,7 @@ def test_every_variable_is_read() -> None:
             NUDGE_DLQ_TOPIC="t.dlq",
             NUDGE_WEB_HOST="0.0.0.0",
             NUDGE_WEB_PORT="8080",
+            NUDGE_WEB_URL="http://worker-1:8080",
             NUDGE_SESSION_TIMEOUT_S="2.5",
             NUDGE_PRODUCER_LINGER_MS="0",
             NUDGE_COLLECTOR_LINGER_MS="20",
@@ -76,6 +77,7 @@ def test_every_variable_is_read() -> None:
         dlq_topic="t.dlq",
         web_host="0.0.0.0",
         web_port=8080,
+        advertised_web_url="http://worker-1:8080",
         write_keys=frozenset({"write-key"}),
         api_keys=frozenset({"api-key"}),
         session_timeout_s=2.5,
@@ -92,11 +94,47 @@ def test_every_variable_is_read() -> None:
         read_model_ttl_s=60,
     )
     assert settings.label_horizon_ms == 300_000
+    assert settings.web_url == "http://worker-1:8080"
 
 
 def test_empty_optional_values_mean_the_default() -> None:
     settings = Settings.from_env(env(NUDGE_PARTITIONS="", NUDGE_EMBEDDED_BROKER="", NUDGE_CLOCK=""))
     assert (settings.partitions, settings.embedded_broker, settings.clock) == (8, False, "event")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["NUDGE_WEB_HOST", "NUDGE_WS_HOST", "NUDGE_EVENTS_TOPIC", "NUDGE_DLQ_TOPIC", "NUDGE_APP_ID", "NUDGE_DATA_DIR"],
+)
+def test_an_empty_text_value_means_the_default_not_an_empty_one(name: str) -> None:
+    # An empty host would listen on every interface; an empty topic or app id would name nothing.
+    assert Settings.from_env(env(**{name: ""})) == Settings.from_env(REQUIRED)
+
+
+def test_a_worker_listening_on_every_interface_must_say_where_others_reach_it() -> None:
+    # Faust routes a user's API request to the worker that owns the user by the URL each worker advertises:
+    # 0.0.0.0 would make every worker think it owns every user.
+    message = refusal(env(NUDGE_WEB_HOST="0.0.0.0"))
+    assert message.startswith("NUDGE_WEB_HOST='0.0.0.0' listens on every interface") and "NUDGE_WEB_URL" in message
+    settings = Settings.from_env(env(NUDGE_WEB_HOST="0.0.0.0", NUDGE_WEB_URL="http://10.0.0.7:6066"))
+    assert settings.web_url == "http://10.0.0.7:6066"
+    assert Settings.from_env(env(NUDGE_WEB_HOST="0.0.0.0"), role="gateway").web_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("NUDGE_EVENTS_TOPIC", "my topic!", "a Kafka topic name is 1-249 of"),
+        ("NUDGE_AUDIT_TOPIC", "x" * 250, "a Kafka topic name is 1-249 of"),
+        ("NUDGE_MESSAGES_TOPIC", "..", "a Kafka topic name is 1-249 of"),
+        ("NUDGE_DLQ_TOPIC", "nudge.events", "NUDGE_EVENTS_TOPIC names the same topic"),
+        ("REDIS_URL", "localhost:6379", "expected a URL like redis://"),
+        ("NUDGE_WEB_URL", "worker-1:6066", "expected a URL like http://"),
+    ],
+)
+def test_names_and_addresses_that_cannot_work_are_refused(name: str, value: str, reason: str) -> None:
+    message = refusal(env(**{name: value}))
+    assert message.startswith(f"{name}=") and reason in message
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))
