@@ -5,9 +5,10 @@
 Nudge just work. Valid events are produced to ``nudge.events`` in batch envelopes, one per partition per flush
 (:mod:`app.batching`); the response is sent once the broker has them.
 
-Responses: 200 ``{"success": true}`` (a batch also reports ``rejected`` events by index, the good ones are kept);
-400 with a reason for malformed JSON or an invalid event; 401 for a missing or wrong write key; 413 past 32 KB per
-event or 500 KB per batch; 503 for events with personal fields while Redis (which holds their keys) is away.
+Responses: 200 ``{"success": true}`` (a batch also reports ``rejected`` events by index, the first 100 of them, and
+``rejectedCount``; the good ones are kept); 400 with a reason for malformed JSON or an invalid event; 401 for a
+missing or wrong write key; 413 past 32 KB per event, or 500 KB or 2,500 events per batch; 503 for events with
+personal fields while Redis (which holds their keys) is away.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 
 from app.batching import PartitionBatcher
 from app.events import InvalidEvent, encode_event, user_key
-from app.intake import HttpError, batch_events, body_limit, check_write_key, parse_body, single_event
+from app.intake import HttpError, batch_answer, batch_events, body_limit, check_write_key, parse_body, single_event
 from app.keys import KeyStore
 from app.main import app, events_topic, metrics, settings
 from app.partitioning import partition_for
@@ -68,14 +69,11 @@ class _CollectorView(View):
         accepted, rejected = batch_events(payload, now_ms=now_ms)
         for refused in rejected:
             metrics.rejected("collector", refused["message"])
-        if not accepted and rejected:
-            return self.json({"success": False, "message": "no valid event", "rejected": rejected}, status=400)
-        await produce(accepted)
-        metrics.events_in_http.inc(len(accepted))
-        response: dict[str, Any] = {"success": True}
-        if rejected:
-            response.update(accepted=len(accepted), rejected=rejected)
-        return self.json(response)
+        if accepted:
+            await produce(accepted)
+            metrics.events_in_http.inc(len(accepted))
+        status, answer = batch_answer(len(accepted), rejected)
+        return self.json(answer, status=status)
 
 
 def _encoded(event: dict[str, Any]) -> tuple[int, bytes]:

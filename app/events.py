@@ -19,11 +19,15 @@ from typing import Any
 
 import orjson
 
-from models.consent import parse_preferences
+from models.consent import PURPOSES, parse_preferences
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+#: The instants a timestamp may name: the profile reads epoch ms of 0 and below as "never", and :func:`iso_from_ms`
+#: cannot format an instant past year 9999.
+EARLIEST_TIMESTAMP_MS = 0  # 1970-01-01T00:00:00Z
+LATEST_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 200
 
@@ -110,8 +114,13 @@ def validate(raw: object, *, now_ms: int, default_type: str | None = None) -> tu
     if consent is not None:
         if not isinstance(consent, dict) or "categoryPreferences" not in consent:
             raise InvalidEvent("context.consent must be an object with categoryPreferences")
+        preferences = consent["categoryPreferences"]
+        if isinstance(preferences, dict):
+            # Consent managers (Segment's, OneTrust) state their own categories ("C0001", "Advertising") on every
+            # event: refusing them would lose all of a site's events, so only the purposes Nudge knows are checked.
+            preferences = {purpose: preferences[purpose] for purpose in PURPOSES if purpose in preferences}
         try:
-            parse_preferences(consent["categoryPreferences"], where="context.consent.categoryPreferences")
+            parse_preferences(preferences, where="context.consent.categoryPreferences")
         except ValueError as error:
             raise InvalidEvent(str(error)) from None
 
@@ -122,9 +131,7 @@ def validate(raw: object, *, now_ms: int, default_type: str | None = None) -> tu
         timestamp_ms = now_ms
         event["timestamp"] = iso_from_ms(now_ms)
     else:
-        timestamp_ms = parse_timestamp(stamp, field="timestamp")
-        if timestamp_ms > now_ms + MAX_FUTURE_SKEW_MS:
-            raise InvalidEvent("timestamp is more than 24 h in the future")
+        timestamp_ms = event_timestamp(stamp, now_ms=now_ms)
         event["timestamp"] = stamp
     if "messageId" in event and event["messageId"] is not None:
         if not isinstance(event["messageId"], str) or not event["messageId"]:
@@ -214,8 +221,17 @@ def user_key(event: Mapping[str, Any]) -> str:
     return event.get("userId") or event["anonymousId"]
 
 
+def event_timestamp(value: object, *, now_ms: int) -> int:
+    """An event's ``timestamp`` in epoch milliseconds, refused unless :func:`parse_timestamp` reads it and it is at
+    most :data:`MAX_FUTURE_SKEW_MS` after ``now_ms``."""
+    timestamp_ms = parse_timestamp(value, field="timestamp")
+    if timestamp_ms > now_ms + MAX_FUTURE_SKEW_MS:
+        raise InvalidEvent("timestamp is more than 24 h in the future")
+    return timestamp_ms
+
+
 def parse_timestamp(value: object, *, field: str) -> int:
-    """Parse an ISO-8601 timestamp (naive means UTC) into epoch milliseconds."""
+    """Parse an ISO-8601 timestamp (naive means UTC) into epoch milliseconds, from 1970 to the end of 9999."""
     if not isinstance(value, str):
         raise InvalidEvent(f"{field} must be an ISO-8601 string, not {_json_type(value)}")
     try:
@@ -224,7 +240,12 @@ def parse_timestamp(value: object, *, field: str) -> int:
         raise InvalidEvent(f"{field} is not an ISO-8601 date-time: {value!r:.60}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    # An offset can carry an instant out of the datetime range ("0001-01-01T00:00:00+14:00"): timestamp() still
+    # computes it, and it must be refused here, before it reaches code that formats it.
+    ms = int(moment.timestamp() * 1000)
+    if not EARLIEST_TIMESTAMP_MS <= ms <= LATEST_TIMESTAMP_MS:
+        raise InvalidEvent(f"{field} must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: {value!r:.60}")
+    return ms
 
 
 @lru_cache(maxsize=4096)

@@ -1,9 +1,10 @@
 """The collector's pure core: what a Segment HTTP API request asks for, decided without I/O.
 
 :mod:`app.collector` reads the body (bounded by :func:`body_limit`), then calls :func:`parse_body`,
-:func:`check_write_key` and :func:`single_event` or :func:`batch_events`, and produces what they accept. A refused
-request is an :class:`HttpError` (status and reason, sent back as they are); a refused event is an
-:class:`~app.events.InvalidEvent` (a 400 with the reason, or one entry of a batch's ``rejected`` list).
+:func:`check_write_key` and :func:`single_event` or :func:`batch_events`, produces what they accept, and answers a
+batch with :func:`batch_answer`. A refused request is an :class:`HttpError` (status and reason, sent back as they
+are); a refused event is an :class:`~app.events.InvalidEvent` (a 400 with the reason, or one entry of a batch's
+``rejected`` list).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from typing import Any
 import orjson
 
 from app.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, InvalidEvent, encode_event, normalise
+
+#: The most events a ``/v1/batch`` body may hold. Segment's SDKs send at most a few hundred (500 KB of 200-byte
+#: events is 2,500); a gzip body of a few hundred bytes can inflate into hundreds of thousands of tiny items.
+MAX_BATCH_EVENTS = 2_500
+#: The most refused events a batch answer lists (the first ones); ``rejectedCount`` counts them all.
+MAX_LISTED_REJECTIONS = 100
 
 
 class HttpError(Exception):
@@ -75,10 +82,14 @@ def single_event(payload: Any, *, event_type: str, now_ms: int) -> dict[str, Any
 def batch_events(payload: Any, *, now_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The accepted events of a ``/v1/batch`` body, and ``{"index", "message"}`` for each refused one.
 
-    Raises :class:`HttpError` 400 when the body is not an object with a ``batch`` array.
+    Raises :class:`HttpError` 400 when the body is not an object with a ``batch`` array, 413 when the array holds
+    more than :data:`MAX_BATCH_EVENTS` items.
     """
     if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
         raise HttpError(400, 'a batch body must be an object with a "batch" array')
+    if len(payload["batch"]) > MAX_BATCH_EVENTS:
+        message = f"batch of {len(payload['batch'])} events is over the {MAX_BATCH_EVENTS} event limit: split it"
+        raise HttpError(413, message)
     accepted: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     for index, raw in enumerate(payload["batch"]):
@@ -89,3 +100,16 @@ def batch_events(payload: Any, *, now_ms: int) -> tuple[list[dict[str, Any]], li
         except InvalidEvent as error:
             rejected.append({"index": index, "message": str(error)})
     return accepted, rejected
+
+
+def batch_answer(accepted: int, rejected: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """The status and body answering a ``/v1/batch`` request of which ``accepted`` events were produced.
+
+    Lists the first :data:`MAX_LISTED_REJECTIONS` of ``rejected`` and counts all of them in ``rejectedCount``.
+    """
+    if not rejected:
+        return 200, {"success": True}
+    listed = {"rejected": rejected[:MAX_LISTED_REJECTIONS], "rejectedCount": len(rejected)}
+    if not accepted:
+        return 400, {"success": False, "message": "no valid event", **listed}
+    return 200, {"success": True, "accepted": accepted, **listed}

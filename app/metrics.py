@@ -101,6 +101,7 @@ _REASON_MARKERS: Final = (
     ("categoryPreferences", "consent"),
     ("no value", "empty"),
     ("byte limit", "too_large"),
+    ("event limit", "too_large"),
     ("must be a JSON object", "shape"),
     ("JSON", "not_json"),
     ("write key", "write_key"),

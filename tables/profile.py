@@ -18,6 +18,7 @@ from operator import attrgetter
 from typing import Any
 
 from app.events import Event
+from models.consent import PURPOSES
 
 SESSION_GAP_MS = 30 * 60 * 1000
 AFFINITY_HALF_LIFE_MS = 7 * 24 * 3600 * 1000
@@ -26,7 +27,6 @@ MAX_CART_ITEMS = 50
 MAX_CATEGORIES = 32
 MAX_RECENT_ITEMS = 20
 MAX_SEEN_IDS = 64
-MAX_CONSENT_PURPOSES = 32
 MAX_NAME_LENGTH = 200
 MAX_ALIASES = 32
 MAX_TRAITS = 32
@@ -176,7 +176,7 @@ def record_steps(
     for event in fresh:
         start = current or Profile(user_id=user_id)
         stated = _stated_consent(event.context)
-        consent = _merge_consent(start.consent, stated) if stated else start.consent
+        consent = {**start.consent, **stated} if stated else start.consent
         # granted(), read from the consent as this event leaves it, without building that profile first.
         profiled = consent.get("analytics", default_consent.get("analytics", False))
         changes: dict[str, Any] = _changes(start, event) if profiled else {"consent": consent} if stated else {}
@@ -241,7 +241,7 @@ def _changes(profile: Profile, event: Event) -> dict[str, Any]:
         changes.update(_affinity(profile, [c for c in categories if c], weight, ts))
     stated = _stated_consent(event.context)
     if stated:
-        changes["consent"] = _merge_consent(profile.consent, stated)
+        changes["consent"] = {**profile.consent, **stated}
     if event.type == "identify" and props:
         changes["traits"] = _merge_traits(profile.traits, props)
     return changes
@@ -404,20 +404,13 @@ def _count(counts: Mapping[str, int], key: str, limit: int = MAX_EVENT_NAMES) ->
 
 
 def _stated_consent(context: Mapping[str, Any]) -> dict[str, bool]:
-    """Purposes an event states consent for; values that are not true/false are ignored."""
+    """Nudge's purposes an event states consent for; a consent manager's other categories (``C0001``,
+    ``Advertising``) and values that are not true/false are ignored."""
     consent = context.get("consent")
     preferences = consent.get("categoryPreferences") if isinstance(consent, dict) else None
     if not isinstance(preferences, dict):
         return {}
-    return {k: v for k, v in preferences.items() if isinstance(k, str) and 0 < len(k) <= 64 and isinstance(v, bool)}
-
-
-def _merge_consent(current: Mapping[str, bool], stated: Mapping[str, bool]) -> dict[str, bool]:
-    merged = dict(current)
-    for purpose, granted in stated.items():
-        if purpose in merged or len(merged) < MAX_CONSENT_PURPOSES:
-            merged[purpose] = granted
-    return merged
+    return {k: v for k, v in preferences.items() if k in PURPOSES and isinstance(v, bool)}
 
 
 def _products(props: Mapping[str, Any]) -> list[Mapping[str, Any]]:

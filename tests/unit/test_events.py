@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from app.events import (
+    LATEST_TIMESTAMP_MS,
     MAX_BATCH_BYTES,
     MAX_ID_LENGTH,
     MAX_NAME_LENGTH,
@@ -278,6 +279,37 @@ def test_parse_timestamp_names_the_field() -> None:
         parse_timestamp(None, field="originalTimestamp")
 
 
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "0001-01-01T00:00:00+14:00",  # before year 1 in UTC: accepted once, then crashed the worker on formatting
+        "0001-01-01T00:00:00",
+        "1969-12-31T23:59:59.999Z",
+    ],
+)
+@pytest.mark.parametrize("field", ["timestamp", "originalTimestamp"])
+def test_timestamp_before_1970_is_refused(field: str, stamp: str) -> None:
+    raw = track(**{field: stamp})
+    if field == "originalTimestamp":
+        del raw["timestamp"]
+    reason = f"timestamp must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: {stamp!r}"
+    assert refused(raw) == reason
+    with pytest.raises(InvalidEvent, match=r"^timestamp must be between"):
+        to_event(raw, now_ms=NOW_MS)  # the ingest agent dead-letters it
+
+
+def test_timestamp_past_9999_in_utc_is_refused_whatever_the_time_of_receipt() -> None:
+    with pytest.raises(InvalidEvent, match=r"^timestamp must be between .*'9999-12-31T23:59:59-14:00'$"):
+        parse_timestamp("9999-12-31T23:59:59-14:00", field="timestamp")
+
+
+def test_the_first_and_last_accepted_instants_can_be_formatted() -> None:
+    assert parse_timestamp("1970-01-01T00:00:00Z", field="timestamp") == 0
+    assert parse_timestamp("9999-12-31T23:59:59.999Z", field="timestamp") == LATEST_TIMESTAMP_MS
+    assert iso_from_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert iso_from_ms(LATEST_TIMESTAMP_MS).startswith("9999-12-31T23:59:59.")
+
+
 def test_iso_from_ms_uses_segment_format() -> None:
     assert iso_from_ms(NOW_MS + 123) == "2026-03-01T12:00:00.123Z"
 
@@ -378,18 +410,37 @@ def test_encode_batch_of_nothing_is_an_empty_batch() -> None:
 @pytest.mark.parametrize(
     ("consent", "reason"),
     [
-        ({"categoryPreferences": {"ads": True}}, "context.consent.categoryPreferences: unknown purpose 'ads'"),
         ({"categoryPreferences": {"marketing": "yes"}}, "context.consent.categoryPreferences.marketing must be true"),
+        (
+            {"categoryPreferences": {"C0001": True, "analytics": None}},
+            "context.consent.categoryPreferences.analytics must be true",
+        ),
         ({"categoryPreferences": ["marketing"]}, "context.consent.categoryPreferences must be an object"),
         ({"marketing": True}, "context.consent must be an object with categoryPreferences"),
         ("all", "context.consent must be an object with categoryPreferences"),
     ],
 )
-def test_a_consent_statement_with_unknown_purposes_or_wrong_types_is_refused(consent: object, reason: str) -> None:
+def test_a_consent_statement_of_the_wrong_shape_or_with_a_non_boolean_purpose_is_refused(
+    consent: object, reason: str
+) -> None:
     assert refused(track(context={"consent": consent})).startswith(reason)
 
 
 def test_a_well_formed_consent_statement_is_kept() -> None:
     preferences = {"analytics": True, "marketing": False}
+    event = normalise(track(context={"consent": {"categoryPreferences": preferences}}), now_ms=NOW_MS)
+    assert event["context"]["consent"]["categoryPreferences"] == preferences
+
+
+@pytest.mark.parametrize(
+    "preferences",
+    [
+        {"C0001": True, "C0004": False, "analytics": True},  # OneTrust's category ids
+        {"Advertising": True, "Functional": "yes", "marketing": False},  # Segment Consent Management's categories
+        {"C0002": True},
+    ],
+)
+def test_categories_nudge_does_not_know_are_kept_not_refused(preferences: dict[str, object]) -> None:
+    """Consent managers state their own categories on every event: refusing them lost all of a site's events."""
     event = normalise(track(context={"consent": {"categoryPreferences": preferences}}), now_ms=NOW_MS)
     assert event["context"]["consent"]["categoryPreferences"] == preferences

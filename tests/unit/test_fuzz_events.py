@@ -24,6 +24,7 @@ from app.events import (
     decode_record,
     encode_event,
     event_from,
+    iso_from_ms,
     validate,
 )
 from app.records import split_record
@@ -120,6 +121,7 @@ def check_accepted(raw: Any, event: dict[str, Any], timestamp_ms: int) -> None:
     assert isinstance(internal.message_id, str) and 1 <= len(internal.message_id) <= MAX_ID_LENGTH
     assert isinstance(internal.timestamp_ms, int)
     assert timestamp_ms <= NOW_MS + 24 * 3600 * 1000
+    assert iso_from_ms(timestamp_ms), "the pipeline and profile views format every accepted timestamp"
     assert isinstance(internal.name, str) and internal.name.strip() and len(internal.name) <= MAX_NAME_LENGTH
     assert isinstance(internal.properties, dict) and isinstance(internal.context, dict)
     if event["type"] == "alias":
@@ -146,6 +148,10 @@ def check_refused(error: InvalidEvent) -> None:
 @given(raw=st.one_of(events(), JSONISH), default_type=st.none() | st.sampled_from(sorted(EVENT_TYPES)))
 @example(raw={"type": [], "userId": "u", "event": "x"}, default_type=None)  # was TypeError: unhashable type: 'list'
 @example(raw={"type": {"a": 1}, "userId": "u"}, default_type=None)
+# Accepted, then ValueError: year 0 is out of range when the ingest agent formatted it: a poison pill.
+@example(
+    raw={"type": "track", "event": "x", "userId": "u", "timestamp": "0001-01-01T00:00:00+14:00"}, default_type=None
+)
 # Deep values are given as JSON bytes: Hypothesis prints every explicit example, and its printer recurses.
 @example(raw=b'{"userId":"u","type":' + b"[" * 900 + b"]" * 900 + b"}", default_type=None)  # was RecursionError
 @example(raw=b'{"type":"track","event":"x","userId":"u","properties":' + b"{}" + b"}", default_type="track")

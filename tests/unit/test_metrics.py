@@ -59,7 +59,7 @@ def event(**fields: object) -> bytes:
         (event(userId=7), "shape"),
         (event(userId="x" * 1000), "too_long"),
         (event(properties=[1]), "shape"),
-        (event(context={"consent": {"categoryPreferences": {"ads": True}}}), "consent"),
+        (event(context={"consent": {"categoryPreferences": {"marketing": "yes"}}}), "consent"),
         (event(type="alias", previousId="ann"), "alias"),
         (orjson.dumps({"nudgeMerge": {}, "sig": "forged"}), "merge_record"),
         (orjson.dumps({"nudgeErase": {}, "sig": "forged"}), "erasure_record"),

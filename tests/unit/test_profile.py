@@ -548,7 +548,8 @@ def test_consent_follows_what_the_user_last_stated_per_purpose() -> None:
     profile = fold(Profile(user_id="u1"), stated({"marketing": True, "analytics": True}, 1))
     profile = fold(profile, stated({"marketing": False, "ads": "yes", "": True}, 2))  # not true/false: ignored
     profile = fold(profile, stated("everything", 3))  # not a mapping: ignored
-    assert profile.consent == {"marketing": False, "analytics": True}
+    profile = fold(profile, stated({"C0001": True, "Advertising": False, **{f"c{n}": True for n in range(40)}}, 4))
+    assert profile.consent == {"marketing": False, "analytics": True}  # a consent manager's own categories: ignored
     assert decode_profile(encode_profile(profile)).consent == profile.consent
 
 
