@@ -44,6 +44,7 @@ from typing import Any, Final
 
 import orjson
 
+from app.events import InvalidEvent, event_timestamp
 from models.consent import CONSENT_EVENT, parse_preferences
 
 CLOSE_UNSUPPORTED_DATA: Final = 1003
@@ -52,6 +53,8 @@ CLOSE_TOO_BIG: Final = 1009
 """The client sent a frame larger than ``max_frame_bytes``."""
 CLOSE_MALFORMED: Final = 4000
 """The client sent a frame that is not JSON, not an object, of unknown type, or with bad fields."""
+CLOSE_TOKEN_EXPIRED: Final = 4001
+"""The token the connection was opened with has expired; the client should connect again with a new one."""
 CLOSE_RATE_LIMITED: Final = 4008
 """The client sent frames faster than ``rate_per_s`` for longer than ``burst`` allows."""
 CLOSE_TOO_MANY_CONNECTIONS: Final = 4009
@@ -192,6 +195,13 @@ class Hub:
             # The Redis inbox keeps whatever is unacked; the next connection replays it.
             del self._users[connection.user_id]
 
+    def expired(self, conn_id: int) -> list[Effect]:
+        """The token ``conn_id`` was opened with has expired: returns its :class:`Close` (4001), or ``[]`` for a
+        connection the hub does not know. The browser connects again with a new token."""
+        if conn_id not in self._connections:
+            return []
+        return self._close(conn_id, CLOSE_TOKEN_EXPIRED, "token expired: connect again with a new token")
+
     def connections(self, user_id: str) -> frozenset[int]:
         """The ids of ``user_id``'s open connections."""
         user = self._users.get(user_id)
@@ -249,7 +259,8 @@ class Hub:
         """Handle one frame from a browser. Never raises: a bad frame closes that connection only.
 
         Checks, in order: size (on the raw frame, before anything is parsed), binary, JSON object, rate limit, then
-        the frame itself. Frames from a connection the hub does not know are ignored.
+        the frame itself. Frames from a connection the hub does not know are ignored. ``now`` is the wall clock in
+        unix seconds (``time.time()``): it refills the rate bucket and tells a track frame's timestamp from the future.
         """
         connection = self._connections.get(conn_id)
         if connection is None:
@@ -311,8 +322,10 @@ class Hub:
                 conn_id, CLOSE_MALFORMED, f"track frame: messageId must be 1 to {MAX_MESSAGE_ID_LENGTH} characters"
             )
         timestamp = frame.get("timestamp")
-        if timestamp is not None and (not isinstance(timestamp, str) or len(timestamp) > MAX_TIMESTAMP_LENGTH):
-            return self._close(conn_id, CLOSE_MALFORMED, "track frame: timestamp must be an ISO-8601 string")
+        if timestamp is not None:
+            refusal = _timestamp_refusal(timestamp, now)
+            if refusal is not None:
+                return self._close(conn_id, CLOSE_MALFORMED, f"track frame: {refusal}")
 
         connection.tracks += 1
         if message_id is None:
@@ -414,6 +427,21 @@ def _utf8_size(data: str | bytes, limit: int) -> int:
 def _valid_message_id(message_id: object) -> bool:
     """A frame's ``messageId`` is optional; if given, a string of 1 to ``MAX_MESSAGE_ID_LENGTH`` characters."""
     return message_id is None or (isinstance(message_id, str) and 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH)
+
+
+def _timestamp_refusal(timestamp: object, now: float) -> str | None:
+    """Why the worker's validator (``app.events.validate``) would refuse this timestamp, or ``None``.
+
+    Checked here because the worker drops such an event after the browser was told it is stored. The worker's clock
+    is later than ``now``, so what passes here passes there.
+    """
+    if isinstance(timestamp, str) and len(timestamp) > MAX_TIMESTAMP_LENGTH:
+        return f"timestamp longer than {MAX_TIMESTAMP_LENGTH} characters"
+    try:
+        event_timestamp(timestamp, now_ms=int(now * 1000))
+    except InvalidEvent as error:
+        return str(error)
+    return None
 
 
 def _derived_message_id(user_id: str, conn_id: int, sequence: int, now: float) -> str:

@@ -6,7 +6,8 @@ no clock (the caller passes ``now``); the static files are read once, at constru
 
 Paths::
 
-    GET /v1/ws?token=<token>      websocket upgrade; 401 with the reason when the token is missing, forged or expired
+    GET /v1/ws?token=<token>      websocket upgrade; 401 with the reason when the token is missing, forged or expired;
+                                  the socket lasts until the token expires
     GET /nudge.js                 the browser SDK
     GET /health                   {"node", "connections", "users"}
     GET /metrics                  Prometheus text format (:mod:`app.metrics`); needs ``Authorization: Bearer <api key>``
@@ -32,10 +33,11 @@ import orjson
 
 from app.auth import has_api_key
 from app.metrics import CONTENT_TYPE
-from ws.tokens import DEFAULT_TTL_S, TokenError, issue_token, verify_token
+from ws.tokens import DEFAULT_TTL_S, TokenError, issue_token, token_expiry, verify_token
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 DEMO_USER: Final = re.compile(r"^demo-[A-Za-z0-9_-]{1,40}$")
+MAX_QUERY_FIELDS: Final = 8
 _CONTENT_TYPES: Final = {
     ".html": "text/html; charset=utf-8",
     ".js": "application/javascript; charset=utf-8",
@@ -45,9 +47,11 @@ _CONTENT_TYPES: Final = {
 
 @dataclass(frozen=True, slots=True)
 class Upgrade:
-    """Go on with the websocket handshake; the connection belongs to ``user_id``."""
+    """Go on with the websocket handshake; the connection belongs to ``user_id`` until ``expires_at`` (unix seconds),
+    when the shell must close it (:meth:`ws.protocol.Hub.expired`)."""
 
     user_id: str
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +96,14 @@ class Routes:
 
     def handle(self, target: str, headers: Mapping[str, str], now: float) -> Upgrade | Respond:
         """Route one request: ``target`` is the request line's path and query, ``headers`` its headers."""
-        parts = urlsplit(target)
-        query = parse_qs(parts.query, max_num_fields=8)
+        try:
+            parts = urlsplit(target)
+        except ValueError:
+            return _error(400, "malformed request target")
+        try:
+            query = parse_qs(parts.query, max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            return _error(400, f"too many query parameters: at most {MAX_QUERY_FIELDS}")
         if parts.path == "/v1/ws":
             return self._upgrade(query, headers, now)
         if parts.path == "/health":
@@ -118,7 +128,7 @@ class Routes:
         if len(tokens) != 1:
             return _error(401, "token missing: connect to /v1/ws?token=<token from POST /v1/ws-token>")
         try:
-            return Upgrade(verify_token(self._secret, tokens[0], now=now))
+            return Upgrade(verify_token(self._secret, tokens[0], now=now), token_expiry(tokens[0]))
         except TokenError as error:
             return _error(401, f"token refused: {error.reason}")
 

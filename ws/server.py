@@ -4,7 +4,7 @@ One gateway process (``nudge gateway``, Procfile ``ws``) runs four loops on one 
 
 - the ``websockets`` server: HTTP requests go to :class:`~ws.routes.Routes` (token check, SDK, demo store); each
   accepted socket is registered with the hub, recorded in Redis presence, sent its inbox, then its frames are fed to
-  the hub until it closes;
+  the hub until it closes, or until its token expires (closed with 4001);
 - the node channel: messages published to this node (``<prefix>:node:<node id>``) are pushed through the hub;
 - the deliverer (:mod:`ws.deliverer`): ``nudge.messages`` -> Redis inboxes -> the channels of the nodes holding the
   users' sockets (this node or another);
@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,6 +72,9 @@ MAX_BUFFERED_BYTES = 256 * 1024
 #: reached (measured: a silent client absorbed 600 KB of pop-ups without being dropped). Pop-ups are small: 128 KB
 #: in flight is ample for a browser far away.
 KERNEL_SEND_BUFFER_BYTES = 64 * 1024
+#: Track and consent frames of one socket being stored at once. At the limit its handler reads no further frame, so
+#: a slow broker holds the client back over TCP instead of piling up stores in the gateway's memory.
+MAX_STORES_IN_FLIGHT = 32
 
 
 class Gateway:
@@ -112,6 +116,9 @@ class Gateway:
         self.keys = KeyStore(self.redis, self.prefix)
         self._sockets: dict[int, ServerConnection] = {}
         self._users: dict[int, str] = {}
+        # Weak: a handshake refused after _process_request (a foreign origin) never reaches _handle to pop its entry.
+        self._token_expiries: weakref.WeakKeyDictionary[ServerConnection, int] = weakref.WeakKeyDictionary()
+        self._store_slots: dict[int, asyncio.Semaphore] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counts = {"opened": 0, "refused": 0, "pushed": 0, "acked": 0, "tracked": 0, "dropped_slow": 0}
@@ -204,6 +211,7 @@ class Gateway:
         route = self.routes.handle(request.path, request.headers, time.time())
         if isinstance(route, Upgrade):
             connection.username = route.user_id
+            self._token_expiries[connection] = route.expires_at
             return None
         return _response(route)
 
@@ -211,8 +219,10 @@ class Gateway:
 
     async def _handle(self, connection: ServerConnection) -> None:
         user_id = connection.username
+        token_expires_at = self._token_expiries.pop(connection)
         conn_id = next(self._ids)
-        refused = self.hub.open(conn_id, user_id, time.monotonic())
+        # The wall clock, not a monotonic one: the hub also checks track timestamps against it.
+        refused = self.hub.open(conn_id, user_id, time.time())
         if refused:
             self.counts["refused"] += 1
             self._sockets[conn_id] = connection
@@ -220,7 +230,9 @@ class Gateway:
             return
         self._sockets[conn_id] = connection
         self._users[conn_id] = user_id
+        self._store_slots[conn_id] = asyncio.Semaphore(MAX_STORES_IN_FLIGHT)
         self.counts["opened"] += 1
+        expiry = asyncio.get_running_loop().call_later(token_expires_at - time.time(), self._expire, conn_id)
         raw_socket = connection.transport.get_extra_info("socket")
         if raw_socket is not None:
             raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER_BYTES)
@@ -231,7 +243,7 @@ class Gateway:
             pending = await delivery.inbox(self.redis, self.prefix, user_id)
             self.counts["pushed"] += await self.carry_out(self.hub.replay(conn_id, pending))
             async for frame in connection:
-                await self.carry_out(self.hub.received(conn_id, frame, time.monotonic()))
+                await self.carry_out(self.hub.received(conn_id, frame, time.time()))
         except ConnectionClosed:
             pass
         except RedisError as error:
@@ -239,9 +251,11 @@ class Gateway:
             log.warning("closing a socket of %s: Redis is unavailable: %s", user_id, error)
             await connection.close(CLOSE_TRY_AGAIN_LATER, "try again later: the message store is unavailable")
         finally:
+            expiry.cancel()
             self.hub.closed(conn_id)
             self._sockets.pop(conn_id, None)
             self._users.pop(conn_id, None)
+            self._store_slots.pop(conn_id, None)
             if not self.hub.online(user_id):
                 with contextlib.suppress(Exception):  # presence expires by itself if Redis is away
                     await delivery.absent(self.redis, self.prefix, user_id, self.node_id)
@@ -260,6 +274,9 @@ class Gateway:
                     log.info("closing a socket of %s: %d %s", connection.username, effect.code, effect.reason)
                     await connection.close(effect.code, effect.reason)
             elif isinstance(effect, Produce):
+                # Only ever from the socket's own handler: waiting here holds back its next frame.
+                store_slots = self._store_slots[effect.conn_id]
+                await store_slots.acquire()
                 self.counts["tracked"] += 1
                 event = effect.event
                 fields = self.settings.all_personal_fields
@@ -268,14 +285,19 @@ class Gateway:
                     assert key is not None
                     event = encrypt_fields(event, key, effect.user_id, fields)
                 partition = partition_for(effect.user_id, self.settings.partitions)
-                self._spawn(self._store(effect.conn_id, event["messageId"], partition, orjson.dumps(event)))
+                self._spawn(
+                    self._store(effect.conn_id, event["messageId"], partition, orjson.dumps(event), store_slots)
+                )
             elif isinstance(effect, Acked):
                 self.counts["acked"] += 1
                 self._spawn(delivery.acknowledge(self.redis, self.prefix, effect.user_id, effect.message_id))
         return written
 
-    async def _store(self, conn_id: int, message_id: str, partition: int, data: bytes) -> None:
-        """Produce one browser event; then send its receipt, or close the socket so the browser sends it again."""
+    async def _store(
+        self, conn_id: int, message_id: str, partition: int, data: bytes, store_slots: asyncio.Semaphore
+    ) -> None:
+        """Produce one browser event; then send its receipt, or close the socket so the browser sends it again.
+        Releases the socket's store slot (acquired in :meth:`carry_out`) once the broker has answered."""
         try:
             await self._batcher.submit([(partition, data)])
         except Exception as error:
@@ -283,7 +305,13 @@ class Gateway:
             reason = "try again later: events cannot be stored now"
             await self.carry_out([Close(conn_id, CLOSE_TRY_AGAIN_LATER, reason)])
             return
+        finally:
+            store_slots.release()
         await self.carry_out(self.hub.stored(conn_id, message_id))
+
+    def _expire(self, conn_id: int) -> None:
+        """The socket's token has expired: close it (the browser connects again with a new token)."""
+        self._spawn(self.carry_out(self.hub.expired(conn_id)))
 
     def _send(self, conn_id: int, text: str) -> bool:
         connection = self._sockets.get(conn_id)

@@ -2,7 +2,7 @@
 
 A shop's backend, which knows who is logged in, asks Nudge for a token (``POST /v1/ws-token`` with its API key) and
 hands it to the browser; the browser presents it when it connects, and the gateway calls :func:`verify_token` to learn
-the user id. The browser never chooses its own user id.
+the user id and :func:`token_expiry` to learn when to close the socket. The browser never chooses its own user id.
 
 Format, all ASCII, at most :data:`MAX_TOKEN_LENGTH` characters::
 
@@ -11,9 +11,10 @@ Format, all ASCII, at most :data:`MAX_TOKEN_LENGTH` characters::
 base64url without padding. The HMAC key is derived from the deployment secret for this purpose only, so a token
 signature can never be mistaken for any other signature made with the same secret (model snapshots).
 
-A token is a bearer credential: whoever holds it receives that user's messages until it expires, and nothing can
-revoke it earlier. Keep expiries short -- :data:`DEFAULT_TTL_S` (15 minutes) is the suggested lifetime; the browser
-asks its backend for a fresh token when it reconnects. Never log tokens.
+A token is a bearer credential: whoever holds it receives that user's messages until it expires (the gateway closes
+a socket when its token expires, with 4001), and nothing can revoke it earlier. Keep expiries short --
+:data:`DEFAULT_TTL_S` (15 minutes) is the suggested lifetime; the browser asks its backend for a fresh token when it
+reconnects. Never log tokens.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def verify_token(secret: bytes, token: str, *, now: float) -> str:
         raise TokenError(USER_ID_INVALID) from None
     _check_user_id(user_id)
     return user_id
+
+
+def token_expiry(token: str) -> int:
+    """When a token that :func:`verify_token` accepted expires, in unix seconds (exclusive): close its socket then."""
+    return int(token.split(".")[2])
 
 
 def _signing_key(secret: bytes) -> bytes:

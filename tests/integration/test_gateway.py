@@ -8,8 +8,9 @@ the decision goes to ``nudge.messages``, a gateway's deliverer writes the inbox 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.devstack import DevStack, Node
+from app.batching import PartitionBatcher
+from app.devstack import DevStack, EmbeddedBroker, EmbeddedRedis, Node, create_topic, free_port
+from app.settings import Settings
 from tests.integration.conftest import get_json, wait_for
 from tests.integration.test_intelligence import rule_files
+from ws.server import MAX_STORES_IN_FLIGHT, Gateway
 from ws.tokens import issue_token
 
 pytestmark = pytest.mark.integration
@@ -103,7 +107,7 @@ class Tab:
 
 
 @asynccontextmanager
-async def tab(gateway: Node, token: str) -> AsyncIterator[Tab]:
+async def tab(gateway: Node | Gateway, token: str) -> AsyncIterator[Tab]:
     async with connect(f"ws://127.0.0.1:{gateway.port}/v1/ws?token={quote(token)}") as socket:
         yield Tab(socket)
 
@@ -238,3 +242,101 @@ async def _health(node: Node) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(f"{node.url}/health") as response:
         assert response.status == 200
         return dict(await response.json())
+
+
+async def test_a_socket_is_closed_when_its_token_expires(stack: DevStack) -> None:
+    # Without this, a leaked token would read the user's messages for as long as the socket is kept alive.
+    short_lived = issue_token(stack.secret.encode(), "ann", expires_at=int(time.time()) + 3)
+    async with tab(stack.gateway, short_lived) as ann:
+        assert await ann.drain() == []  # served until then
+        await asyncio.wait_for(ann.socket.wait_closed(), timeout=10)
+        assert (ann.socket.close_code, ann.socket.close_reason) == (
+            4001,
+            "token expired: connect again with a new token",
+        )
+
+
+class GatedBatcher:
+    """The gateway's batcher behind a gate, standing for a slow broker: each store waits for a :meth:`let_one`."""
+
+    def __init__(self, batcher: PartitionBatcher) -> None:
+        self.batcher = batcher
+        self.gate = asyncio.Semaphore(0)
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def submit(self, events: Iterable[tuple[int, bytes]]) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.gate.acquire()
+            await self.batcher.submit(events)
+        finally:
+            self.in_flight -= 1
+
+    def let_one(self) -> None:
+        self.gate.release()
+
+    async def drain(self) -> None:
+        await self.batcher.drain()
+
+
+@asynccontextmanager
+async def gated_gateway() -> AsyncIterator[tuple[Gateway, GatedBatcher]]:
+    """A gateway in this process, on its own broker and Redis, whose event stores wait at a gate."""
+    broker, redis = EmbeddedBroker(), EmbeddedRedis()
+    broker.start()
+    redis.start()
+    settings = Settings(
+        broker_url=f"kafka://{broker.bootstrap}",
+        redis_url=redis.url,
+        secret=secrets.token_hex(16),
+        app_id=f"test-{secrets.token_hex(4)}",  # the machine's Redis may be shared: keys of this test only
+        ws_port=free_port(),
+        node_id="gated",
+    )
+    try:
+        for topic in (settings.events_topic, settings.messages_topic):
+            await create_topic(broker.bootstrap, topic, settings.partitions)
+        gateway = Gateway(settings)
+        gated = GatedBatcher(gateway._batcher)
+        gateway._batcher = gated  # type: ignore[assignment]
+        stop, ready = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(gateway.run(stop, ready=ready))
+        await asyncio.wait_for(ready.wait(), timeout=30)
+        try:
+            yield gateway, gated
+        finally:
+            for _ in range(MAX_STORES_IN_FLIGHT * 2):
+                gated.let_one()
+            stop.set()
+            await asyncio.wait_for(running, timeout=30)
+    finally:
+        redis.stop()
+        broker.stop()
+
+
+async def test_a_socket_has_at_most_32_stores_in_flight_while_the_broker_is_slow() -> None:
+    async with gated_gateway() as (gateway, gated):
+        token = issue_token(gateway.settings.secret.encode(), "ann", expires_at=int(time.time()) + 600)
+        async with tab(gateway, token) as ann:
+            for number in range(MAX_STORES_IN_FLIGHT + 1):
+                await ann.track("Product Viewed", messageId=f"e{number}")
+
+            async def bound_reached() -> bool:
+                return gated.in_flight >= MAX_STORES_IN_FLIGHT
+
+            await wait_for(bound_reached, timeout=10, what="the stores in flight to reach the bound")
+            # One store done lets the last track in; the ping behind it is answered only then.
+            gated.let_one()
+            await ann.drain()
+            assert gated.most_in_flight == MAX_STORES_IN_FLIGHT
+            for _ in range(MAX_STORES_IN_FLIGHT):
+                gated.let_one()
+
+            async def all_stored() -> bool:
+                await ann.drain()
+                return len(ann.stored) == MAX_STORES_IN_FLIGHT + 1
+
+            await wait_for(all_stored, timeout=20, what="every event's receipt")
+            assert sorted(ann.stored) == sorted(f"e{number}" for number in range(MAX_STORES_IN_FLIGHT + 1))

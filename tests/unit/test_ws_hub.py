@@ -9,9 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
+from app.events import validate
 from ws.protocol import (
     CLOSE_MALFORMED,
     CLOSE_RATE_LIMITED,
+    CLOSE_TOKEN_EXPIRED,
     CLOSE_TOO_BIG,
     CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_UNSUPPORTED_DATA,
@@ -254,6 +256,14 @@ def test_too_many_connections_refuses_only_the_extra_one() -> None:
     assert hub.open(8, ALICE, NOW) == []
 
 
+def test_a_connection_whose_token_expired_is_closed_with_4001_and_gets_nothing_more() -> None:
+    hub = hub_with((1, ALICE), (2, ALICE))
+    assert hub.expired(1) == [Close(1, CLOSE_TOKEN_EXPIRED, "token expired: connect again with a new token")]
+    assert sent(hub.push(ALICE, "m1", {})) == [(2, message("m1", {}))]
+    assert hub.received(1, PING, NOW) == []
+    assert hub.expired(1) == []  # already closed: nothing more to do
+
+
 # -- acks and replay --------------------------------------------------------------------------------------------
 
 
@@ -362,6 +372,35 @@ def test_a_stored_event_gets_a_receipt_on_the_connection_that_sent_it_while_it_i
     assert hub.stored(2, "msg-7") == [Send(2, '{"type":"stored","id":"msg-7"}')]
     hub.closed(2)
     assert hub.stored(2, "msg-7") == []  # the browser sends it again on its next connection
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "reason"),
+    [
+        ("not a date", "track frame: timestamp is not an ISO-8601 date-time: 'not a date'"),
+        ("2026-03-02T12:00:01Z", "track frame: timestamp is more than 24 h in the future"),
+        ("0001-01-01T00:00:00+14:00", "track frame: timestamp must be between 1970-01-01T00:00:00Z and 9999-"),
+        ("2026-03-01T12:00:00" + " " * 60, "track frame: timestamp longer than 64 characters"),
+    ],
+)
+def test_a_track_frame_whose_timestamp_the_worker_would_refuse_is_refused_before_any_receipt(
+    timestamp: str, reason: str
+) -> None:
+    # Accepted, the browser would get a receipt for an event the worker then drops: it is lost without a trace.
+    hub = hub_with((1, ALICE), (2, ALICE))
+    [close] = hub.received(1, text(type="track", event="Cart Viewed", timestamp=timestamp), NOW)
+    assert isinstance(close, Close)
+    assert (close.conn_id, close.code) == (1, CLOSE_MALFORMED)
+    assert close.reason.startswith(reason)
+    assert answers_ping(hub, 2)
+
+
+def test_a_track_frame_stamped_up_to_24_h_ahead_is_produced_as_the_worker_accepts_it() -> None:
+    hub = hub_with((1, ALICE))
+    frame = text(type="track", event="Cart Viewed", timestamp="2026-03-02T12:00:00+00:00")
+    [produce] = hub.received(1, frame, NOW)
+    assert isinstance(produce, Produce)
+    assert validate(produce.event, now_ms=int(NOW * 1000))[1] == int(NOW * 1000) + 86_400_000
 
 
 def test_a_track_frame_without_properties_or_message_id_gets_them() -> None:

@@ -27,7 +27,8 @@ def error(route: Upgrade | Respond) -> tuple[int, str]:
 
 def test_a_valid_token_upgrades_the_connection_as_its_user() -> None:
     token = issue_token(SECRET, "ann", expires_at=int(NOW) + 60)
-    assert routes().handle(f"/v1/ws?token={quote(token)}", UPGRADE, NOW) == Upgrade("ann")
+    # The shell closes the socket when the token expires: an upgrade carries the expiry.
+    assert routes().handle(f"/v1/ws?token={quote(token)}", UPGRADE, NOW) == Upgrade("ann", int(NOW) + 60)
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,17 @@ def test_a_missing_or_bad_token_is_refused_with_the_reason(query: str, reason: s
 def test_an_expired_token_is_refused() -> None:
     token = issue_token(SECRET, "ann", expires_at=int(NOW) - 1)
     assert error(routes().handle(f"/v1/ws?token={quote(token)}", UPGRADE, NOW)) == (401, "token refused: expired")
+
+
+@pytest.mark.parametrize("path", ["/nudge.js", "/v1/ws", "/health"])
+def test_too_many_query_parameters_are_refused_with_400_not_an_error(path: str) -> None:
+    query = "&".join(f"{name}=1" for name in "abcdefghi")
+    assert error(routes().handle(f"{path}?{query}", UPGRADE, NOW)) == (400, "too many query parameters: at most 8")
+    assert routes().handle(f"/nudge.js?{query[:-4]}", {}, NOW) == routes().handle("/nudge.js", {}, NOW)
+
+
+def test_a_target_that_is_not_a_url_is_refused_with_400_not_an_error() -> None:
+    assert error(routes().handle("//[::1/v1/ws", UPGRADE, NOW)) == (400, "malformed request target")
 
 
 def test_a_plain_http_request_to_the_socket_path_is_told_to_upgrade() -> None:

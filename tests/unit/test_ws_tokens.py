@@ -18,6 +18,7 @@ from ws.tokens import (
     USER_ID_INVALID,
     TokenError,
     issue_token,
+    token_expiry,
     verify_token,
 )
 
@@ -88,6 +89,12 @@ def test_a_token_is_valid_until_its_expiry_and_not_at_it() -> None:
     assert verify_token(SECRET, token, now=EXPIRES_AT - 0.001) == "user-1"
     assert refusal(token, now=EXPIRES_AT) == EXPIRED
     assert refusal(token, now=EXPIRES_AT + 3600) == EXPIRED
+
+
+def test_a_verified_tokens_expiry_is_known_to_close_its_socket_then() -> None:
+    token = issue_token(SECRET, "user-1", expires_at=EXPIRES_AT)
+    assert verify_token(SECRET, token, now=EXPIRES_AT - 1) == "user-1"
+    assert token_expiry(token) == EXPIRES_AT
 
 
 def test_a_signed_token_with_an_invalid_user_id_is_refused() -> None:

@@ -22,7 +22,9 @@
  *
  * Track and consent events are at least once too: each is kept until the server says it is stored ("stored" with
  * its messageId) and sent again on the next connection if the socket closes first (a gateway that died with it
- * in its buffer). The server skips a second copy by its messageId.
+ * in its buffer). The server skips a second copy by its messageId. Track events wait in a bounded queue; the
+ * latest consent statement waits apart, in localStorage, where no number of track events can push it out and
+ * where the other tabs of this origin see it and send it too (a tab refused for one tab too many, or closed).
  *
  * Plain ES2017, no dependencies, no build step: load it with <script src="/nudge.js"></script>.
  */
@@ -53,6 +55,7 @@
 
   const SEEN_STORAGE_KEY = "nudge.seen";
   const MAX_SEEN_IDS = 200;
+  const CONSENT_STORAGE_KEY = "nudge.consent";
 
   // Close codes after which reconnecting immediately would only repeat the problem: log them, then back off.
   const WARN_CLOSE_CODES = {
@@ -121,6 +124,53 @@
         writeStoredSeen(newest);
       },
     };
+  }
+
+  // -- the consent statement not yet stored by the server, shared by the tabs of this origin -----------------------
+
+  // {id, preferences, user}: `user` is the user part of the token it was sent with (null before any token), so a
+  // statement left behind by one shopper is never sent on another shopper's connection on a shared browser.
+  function readStoredConsent() {
+    try {
+      return parseConsent(global.localStorage.getItem(CONSENT_STORAGE_KEY));
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function parseConsent(text) {
+    let statement;
+    try {
+      statement = JSON.parse(text || "null");
+    } catch (_) {
+      return null;
+    }
+    if (!statement || typeof statement.id !== "string" || !statement.id) return null;
+    if (statement.user !== null && typeof statement.user !== "string") return null;
+    const preferences = statement.preferences;
+    if (!preferences || typeof preferences !== "object") return null;
+    for (const purpose of Object.keys(preferences)) {
+      if (PURPOSES.indexOf(purpose) < 0 || typeof preferences[purpose] !== "boolean") return null;
+    }
+    return { id: statement.id, preferences: preferences, user: statement.user };
+  }
+
+  function writeStoredConsent(statement) {
+    try {
+      if (statement) {
+        global.localStorage.setItem(CONSENT_STORAGE_KEY, JSON.stringify(statement));
+      } else {
+        global.localStorage.removeItem(CONSENT_STORAGE_KEY);
+      }
+    } catch (_) {
+      /* storage unavailable: this tab still holds the statement until the server stores it */
+    }
+  }
+
+  // The user a v1 token (ws/tokens.py: "v1.<base64url user>.<expiry>.<signature>") is for; null for any other token.
+  function tokenUser(token) {
+    const parts = token.split(".");
+    return parts.length === 4 && parts[0] === "v1" ? parts[1] : null;
   }
 
   // -- pop-ups ---------------------------------------------------------------------------------------------------
@@ -263,14 +313,24 @@
     let pingTimer = null;
     let pumpTimer = null;
 
-    // Track and consent frames ({id, text}) wait here while disconnected, and go back here, oldest first, if the
-    // socket closes before the server said they were stored. Acks and pings belong to one connection: a new
-    // connection gets unacked messages replayed and acks them again, so those are dropped when the socket closes.
+    // Track frames ({id, text}) wait here while disconnected, and go back here, oldest first, if the socket closes
+    // before the server said they were stored. Acks and pings belong to one connection: a new connection gets
+    // unacked messages replayed and acks them again, so those are dropped when the socket closes.
     let queuedTracks = [];
     const unconfirmed = new Map(); // messageId -> frame text: sent, not yet stored
     let connectionFrames = [];
     let sendTokens = SEND_BURST;
     let tokensRefilledAt = 0;
+
+    // The latest consent statement until the server stores it; it goes out first on every connection, and is never
+    // queued among track events, so none can evict it. The worker folds a user's events in the order they arrive
+    // and judges each by the consent stated before it (tables/profile.py), so the statement must precede every track
+    // event made after it: sending it first guarantees that. Track events made before it and still queued are then
+    // judged by it too. That is the shopper's intent: a withdrawal also covers events Nudge has not used yet, and a
+    // grant covers only events Nudge receives after the shopper agreed.
+    let pendingConsent = readStoredConsent();
+    let consentSentOn = null; // the socket the pending statement was last sent on
+    let connectedUser = null; // tokenUser() of the token of the latest connection attempt
 
     // Make `items` the frames waiting to be sent, keeping the newest MAX_QUEUED_TRACKS.
     function queue(items) {
@@ -302,6 +362,7 @@
         return;
       }
       if (stopped) return;
+      connectedUser = tokenUser(token);
       const separator = url.indexOf("?") === -1 ? "?" : "&";
       const ws = new WebSocket(url + separator + "token=" + encodeURIComponent(token));
       socket = ws;
@@ -348,6 +409,7 @@
       clearTimeout(pumpTimer);
       pingTimer = pumpTimer = null;
       connectionFrames = [];
+      consentSentOn = null;
       openedAt = 0;
       if (unconfirmed.size) {
         const resend = Array.from(unconfirmed, ([id, text]) => ({ id: id, text: text }));
@@ -373,7 +435,39 @@
       pump();
     }
 
-    // Send what is waiting, acks and pings first, as fast as the rate limit allows.
+    function consentDue() {
+      if (!pendingConsent || consentSentOn === socket) return false;
+      return pendingConsent.user === null || pendingConsent.user === connectedUser;
+    }
+
+    function sendConsent() {
+      if (pendingConsent.user === null) {
+        pendingConsent = { id: pendingConsent.id, preferences: pendingConsent.preferences, user: connectedUser };
+        writeStoredConsent(pendingConsent);
+      }
+      consentSentOn = socket;
+      const { id, preferences } = pendingConsent;
+      socket.send(JSON.stringify({ type: "consent", categoryPreferences: preferences, messageId: id }));
+    }
+
+    // Another tab stated consent, or had its statement stored: take over the newest, or drop the one now stored.
+    // A page clearing all of storage (key null) is not a receipt: this tab keeps its statement then.
+    function onStorage(event) {
+      if (event.key !== CONSENT_STORAGE_KEY) return;
+      const stored = readStoredConsent();
+      if (stored) {
+        if (!pendingConsent || pendingConsent.id !== stored.id) {
+          pendingConsent = stored;
+          consentSentOn = null;
+          pump();
+        }
+      } else if (pendingConsent) {
+        const removed = parseConsent(event.oldValue);
+        if (removed && removed.id === pendingConsent.id) pendingConsent = null;
+      }
+    }
+
+    // Send what is waiting, the consent statement first, then acks and pings, as fast as the rate limit allows.
     function pump() {
       clearTimeout(pumpTimer);
       pumpTimer = null;
@@ -381,8 +475,10 @@
       const now = Date.now();
       sendTokens = Math.min(SEND_BURST, sendTokens + ((now - tokensRefilledAt) / 1000) * SEND_RATE_PER_S);
       tokensRefilledAt = now;
-      while (sendTokens >= 1 && (connectionFrames.length || queuedTracks.length)) {
-        if (connectionFrames.length) {
+      while (sendTokens >= 1 && (consentDue() || connectionFrames.length || queuedTracks.length)) {
+        if (consentDue()) {
+          sendConsent();
+        } else if (connectionFrames.length) {
           socket.send(connectionFrames.shift());
         } else {
           const item = queuedTracks.shift();
@@ -392,7 +488,7 @@
         }
         sendTokens -= 1;
       }
-      if (connectionFrames.length || queuedTracks.length) {
+      if (consentDue() || connectionFrames.length || queuedTracks.length) {
         pumpTimer = setTimeout(pump, Math.ceil(((1 - sendTokens) / SEND_RATE_PER_S) * 1000));
       }
     }
@@ -409,6 +505,12 @@
       const id = frame.id;
       if (frame.type === "stored") {
         unconfirmed.delete(id);
+        if (pendingConsent && id === pendingConsent.id) {
+          pendingConsent = null;
+          // Only if no tab has stated a newer choice meanwhile.
+          const stored = readStoredConsent();
+          if (stored && stored.id === id) writeStoredConsent(null);
+        }
         return;
       }
       if (frame.type !== "message") return; // "pong" needs nothing: any frame refreshes lastReceivedAt
@@ -471,8 +573,9 @@
 
     /**
      * Record the shopper's consent choice, e.g. consent({marketing: false}). Purposes: analytics, personalization,
-     * marketing (true or false); the choice applies from now on and is kept with the shopper's events. Queued and
-     * sent again like track events.
+     * marketing (true or false); the choice applies from now on and is kept with the shopper's events. Until the
+     * server stores it, it is kept in localStorage (merged with any earlier choice not stored yet: the latest per
+     * purpose wins) and sent first on every connection of any tab of this origin, before any queued track event.
      */
     function consent(preferences) {
       if (preferences === null || typeof preferences !== "object" || Array.isArray(preferences)) {
@@ -484,23 +587,38 @@
         }
       }
       if (stopped) return;
-      const messageId = newMessageId();
-      const frame = JSON.stringify({ type: "consent", categoryPreferences: preferences, messageId: messageId });
-      queue(queuedTracks.concat([{ id: messageId, text: frame }]));
+      // The server merges a statement into the user's consent purpose by purpose, so the statement that replaces
+      // one not stored yet must carry that one's purposes too: {marketing: false} then {analytics: true} must not
+      // lose the withdrawal. Another tab's newer statement (storage) takes precedence over this tab's copy.
+      const earlier = readStoredConsent() || pendingConsent;
+      const sameUser = earlier && (earlier.user === null || connectedUser === null || earlier.user === connectedUser);
+      pendingConsent = {
+        id: newMessageId(),
+        preferences: Object.assign({}, sameUser ? earlier.preferences : {}, preferences),
+        user: sameUser && earlier.user !== null ? earlier.user : connectedUser,
+      };
+      consentSentOn = null;
+      writeStoredConsent(pendingConsent);
       pump();
     }
 
-    /** Close the connection for good: no reconnect, queued events are dropped. Pop-ups stay until dismissed. */
+    /**
+     * Close the connection for good: no reconnect, queued track events are dropped. A consent statement not stored
+     * yet stays in localStorage for the next connection of this origin. Pop-ups stay until dismissed.
+     */
     function close() {
       stopped = true;
       clearTimeout(reconnectTimer);
       reconnectTimer = null;
+      global.removeEventListener("storage", onStorage);
       dropSocket();
       queuedTracks = [];
       unconfirmed.clear();
+      pendingConsent = null;
       setState("closed");
     }
 
+    global.addEventListener("storage", onStorage);
     open();
     return Object.freeze({
       track: track,
