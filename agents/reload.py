@@ -1,4 +1,8 @@
-"""Hot-reload the segment file, the content map and the trigger rules when they change on disk (:mod:`app.rules`)."""
+"""Hot-reload the segment file, the content map and the trigger rules when they change on disk (:mod:`app.rules`).
+
+:meth:`app.rules.Rules.reload_if_changed` never raises: a refused change is logged and shown at ``GET /v1/models``,
+and the timer goes on looking.
+"""
 
 from __future__ import annotations
 

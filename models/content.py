@@ -48,8 +48,9 @@ _RULE_KEYS = {"segment", "priority", "blocks"}
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _YAML_TAG = "tag:yaml.org,2002:"
-# Composing gives nodes tagged by YAML's own type rules; only these tags become values, through PyYAML's safe
-# constructors, so a timestamp, binary or custom tag is refused rather than turned into something JSON cannot carry.
+# Composing gives nodes tagged by YAML's own type rules (explicit tags are refused by rulefile.compose); only these
+# tags become values, through PyYAML's safe constructors, so a timestamp is refused rather than turned into something
+# JSON cannot carry.
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _SCALARS: dict[str, Callable[[yaml.ScalarNode], object]] = {
     _STR: _CONSTRUCTOR.construct_yaml_str,

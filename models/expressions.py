@@ -11,21 +11,28 @@ are one variable name, looked up in the mapping the caller passes, never ``getat
     True
 
 Evaluation never raises: a missing variable, a type mismatch or a division by zero makes the whole condition false.
+So a condition that could never hold is refused when it is compiled: comparing a number with text
+(``revenue >= '500'``, with the variables' types given in ``known``), arithmetic on text, ``in`` anything but a
+``[list]``, and ``null`` anywhere but ``x != null`` ("x has a value"; ``x == null`` would be false whether or not x
+has one).
 """
 
 from __future__ import annotations
 
 import ast
 import operator
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 MAX_LENGTH = 1_000
 MAX_DEPTH = 32
 MAX_LIST = 100
 
 Value = Any
+#: What a rule variable holds. ``True`` and ``False`` count as numbers, as they do in Python (``True == 1``).
+VariableType = Literal["number", "text"]
 Node = Callable[[Mapping[str, Value]], Value]
 
 
@@ -41,6 +48,7 @@ class _Missing(Exception):
 class Expression:
     """A compiled condition. :meth:`evaluate` returns its value; :meth:`holds` whether it is truthy."""
 
+    #: The text as parsed: without the whitespace around it, so ``ast.parse(source, mode="eval")`` reads it again.
     source: str
     names: frozenset[str]
     _root: Node
@@ -55,16 +63,19 @@ class Expression:
         return bool(self.evaluate(variables))
 
 
-def compile_expression(source: str, *, known: Collection[str] | None = None) -> Expression:
-    """Parse and compile ``source``; refuse anything outside the language, or names not in ``known``."""
+def compile_expression(source: str, *, known: Mapping[str, VariableType] | Collection[str] | None = None) -> Expression:
+    """Parse and compile ``source``; refuse anything outside the language, names not in ``known``, and conditions
+    that could never hold. When ``known`` maps names to types, a variable compared with the other type is refused too.
+    """
     if not isinstance(source, str):
         raise ExpressionError(f"an expression must be a string, not {type(source).__name__}")
-    if not source.strip():
+    source = source.strip()
+    if not source:
         raise ExpressionError("the expression is empty")
     if len(source) > MAX_LENGTH:
         raise ExpressionError(f"the expression is {len(source)} characters long; the limit is {MAX_LENGTH}")
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        tree = ast.parse(source, mode="eval")
     except SyntaxError as error:
         where = f"column {error.offset}" if error.offset else "the end"  # Python says 0 when input ran out
         raise ExpressionError(f"syntax error at {where}: {error.msg}") from None
@@ -74,6 +85,7 @@ def compile_expression(source: str, *, known: Collection[str] | None = None) -> 
         raise ExpressionError("the expression is not valid text (a lone surrogate)") from None
     names: set[str] = set()
     root = _Compiler(names, known).compile(tree.body, depth=0)
+    _type_of(tree.body, known if isinstance(known, Mapping) else {})
     return Expression(source, frozenset(names), root)
 
 
@@ -166,8 +178,12 @@ class _Compiler:
 
     def _Constant(self, node: ast.Constant, depth: int) -> Node:
         value = node.value
-        if not isinstance(value, (int, float, str, bool)) or value is None:
+        if value is not None and not isinstance(value, (int, float, str, bool)):
             raise ExpressionError(f"constant {value!r:.40} is not allowed")
+        if isinstance(value, (int, float)) and not abs(value) <= sys.float_info.max:
+            # 1e999 reads as infinity, which no clock reaches; a 400-digit integer has no float form to compare.
+            where = f"the number at column {node.col_offset + 1}"
+            raise ExpressionError(f"{where} is out of range: numbers are finite and at most {sys.float_info.max:.3g}")
         return lambda v: value
 
     def _List(self, node: ast.List, depth: int) -> Node:
@@ -207,6 +223,103 @@ class _Compiler:
 
 
 _NO_VARIABLES: Mapping[str, Value] = {}
+
+# Static types, checked once at compile time: a variable's VariableType, or "null", "list", or None (not known until
+# evaluation: a name ``known`` gives no type).
+_Type = Literal["number", "text", "null", "list"] | None
+
+
+def _type_of(node: ast.AST, types: Mapping[str, VariableType]) -> _Type:
+    """The type ``node`` evaluates to; raises :class:`ExpressionError` where it could never hold."""
+    if isinstance(node, ast.Constant):
+        return _constant_type(node.value)
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        name = _dotted(node)
+        return _constant_type(_CONSTANTS[name]) if name in _CONSTANTS else types.get(name)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        for item in node.elts:
+            _type_of(item, types)
+        return "list"
+    if isinstance(node, ast.BoolOp):
+        for value in node.values:
+            _type_of(value, types)
+        return "number"  # evaluated with all() and any(): True or False
+    if isinstance(node, (ast.BinOp, ast.UnaryOp)):
+        operands = [node.left, node.right] if isinstance(node, ast.BinOp) else [node.operand]
+        for operand in operands:
+            kind = _type_of(operand, types)
+            if kind not in (None, "number") and not isinstance(node.op, ast.Not):
+                raise ExpressionError(f"arithmetic needs numbers, but {_show(operand)} is {_A[kind]}")
+        return "number"
+    if isinstance(node, ast.Compare):
+        operands = [node.left, *node.comparators]
+        kinds = [_type_of(operand, types) for operand in operands]
+        for index, op in enumerate(node.ops):
+            left, right = operands[index], operands[index + 1]
+            if not isinstance(op, (ast.In, ast.NotIn)):
+                _check_pair(op, left, kinds[index], right, kinds[index + 1])
+            elif not isinstance(right, (ast.List, ast.Tuple)):
+                symbol = _SYMBOLS[type(op)]
+                raise ExpressionError(
+                    f"'{symbol}' needs a list on its right, such as '{_show(left)} {symbol} [...]', not {_show(right)}"
+                )
+            else:
+                for item in right.elts:
+                    _check_pair(op, left, kinds[index], item, _type_of(item, types))
+        return "number"
+    return None  # the compiler refused every other node before this runs
+
+
+def _check_pair(op: ast.cmpop, left: ast.AST, left_type: _Type, right: ast.AST, right_type: _Type) -> None:
+    """Refuse comparing ``left`` with ``right`` (or looking for ``left`` in a list holding ``right``) if never true."""
+    symbol = _SYMBOLS[type(op)]
+    for side, kind in ((left, left_type), (right, right_type)):
+        if kind == "list":
+            raise ExpressionError(f"{_show(side)} is a list: a list may only follow 'in' or 'not in'")
+    if "null" in (left_type, right_type):
+        other = right if left_type == "null" else left
+        if left_type == right_type or not isinstance(op, (ast.Eq, ast.NotEq)):
+            raise ExpressionError("null may only be compared with '!=', as in 'intent != null' (intent has a value)")
+        if isinstance(op, ast.Eq):
+            raise ExpressionError(
+                f"'{_show(other)} == null' is never true: a condition naming a variable without a value is false"
+                f" ('{_show(other)} != null' holds when it has one)"
+            )
+        return
+    if left_type is not None and right_type is not None and left_type != right_type:
+        if isinstance(op, (ast.In, ast.NotIn)):
+            raise ExpressionError(
+                f"{_show(left)} is {_A[left_type]} but the list after '{symbol}' holds {_show(right)},"
+                f" {_A[right_type]}: its items must be {_PLURAL[left_type]} too"
+            )
+        raise ExpressionError(
+            f"{_show(left)} is {_A[left_type]} but {_show(right)} is {_A[right_type]}:"
+            f" '{symbol}' compares numbers with numbers and text with text"
+        )
+
+
+def _constant_type(value: Value) -> _Type:
+    if value is None:
+        return "null"
+    return "text" if isinstance(value, str) else "number"
+
+
+def _show(node: ast.AST) -> str:
+    return f"{ast.unparse(node):.60}"
+
+
+_PLURAL = {"number": "numbers", "text": "text"}
+_A = {"number": "a number", "text": "text", "null": "null (no value)", "list": "a list"}
+_SYMBOLS: dict[type[ast.cmpop], str] = {
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
 
 
 def _dotted(node: ast.AST) -> str:

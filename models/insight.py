@@ -176,13 +176,20 @@ def _impersonal(insight: Insight, profile: Profile, now: int, cause: str, rules:
     return _segments_and_triggers(insight, profile, now, cause, rules, [], forgotten, personal=False)
 
 
-def merge_insights(into: Insight | None, other: Insight) -> Insight:
+def merge_insights(into: Insight | None, other: Insight, *, personal: bool) -> Insight:
     """An anonymous visitor's insight folded into the known user's: the newer score, both users' pending samples.
 
     Segments, cluster and trigger state stay the known user's (the next event or tick re-evaluates them); a user
     seen for the first time takes the visitor's insight whole. Merging the same visitor again changes nothing: a
-    merge record redelivered after a crash must not give the model the visitor's samples twice.
+    merge record redelivered after a crash must not give the model the visitor's samples twice. Unless ``personal``
+    (:func:`personalised` of the merged profile: a refusal on either side stands), the result keeps no score,
+    cluster or samples, as :func:`on_event` keeps none for such a user.
     """
+    if not personal:
+        base = into if into is not None else other
+        return replace(
+            base, intent=None, model_version="", cluster=None, pending=(), as_of_ms=max(base.as_of_ms, other.as_of_ms)
+        )
     if into is None:
         return other
     newer = other if other.as_of_ms > into.as_of_ms else into

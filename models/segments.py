@@ -20,9 +20,11 @@ from typing import Any
 import yaml
 
 from models import rulefile
-from models.expressions import Expression, ExpressionError, compile_expression
+from models.expressions import Expression, ExpressionError, VariableType, compile_expression
 
 MAX_SEGMENTS = 1_000
+#: The largest number a clock variable may be compared with: a billion days is still a millisecond time in 64 bits.
+MAX_CLOCK_THRESHOLD = 1e9
 _SEGMENT_KEYS = {"when", "description"}
 
 
@@ -55,11 +57,21 @@ def transitions(before: frozenset[str], after: frozenset[str]) -> tuple[list[str
     return sorted(after - before), sorted(before - after)
 
 
-def load_segments(text: str, *, source: str, known: Collection[str], clock: Collection[str] = ()) -> SegmentSet:
+def load_segments(
+    text: str,
+    *,
+    source: str,
+    known: Mapping[str, VariableType] | Collection[str],
+    clock: Collection[str] = (),
+) -> SegmentSet:
     """Parse and compile a segment file, or raise :class:`SegmentFileError` naming the line at fault.
 
-    ``clock``: the variables that change with time alone; the numbers they are compared with are collected in
-    :attr:`SegmentSet.clock_thresholds` so the caller can re-evaluate memberships when one is crossed.
+    ``known``: the variables conditions may name, best with their types (:data:`models.variables.VARIABLES`), so
+    that a comparison with the other type (``revenue >= '500'``) is refused.
+
+    ``clock``: the variables that change with time alone; a condition may only compare them directly with a number
+    (see :func:`clock_comparisons`), and those numbers are collected in :attr:`SegmentSet.clock_thresholds` so the
+    caller can re-evaluate memberships when one is crossed.
     """
     top = _pairs(rulefile.compose(text, source, SegmentFileError), source)
     unknown = set(top) - {"segments"}
@@ -74,36 +86,67 @@ def load_segments(text: str, *, source: str, known: Collection[str], clock: Coll
     entries = _pairs(body, source)
     if len(entries) > MAX_SEGMENTS:
         raise SegmentFileError(f"{source}:{_line(body)}: more than {MAX_SEGMENTS} segments")
-    segments = tuple(_segment(name, key, value, source, known) for name, (key, value) in entries.items())
-    version = rulefile.version(text)
+    segments: list[Segment] = []
     thresholds: dict[str, set[float]] = {}
-    for segment in segments:
-        for name, value in clock_comparisons(segment.condition.source, clock):
-            thresholds.setdefault(name, set()).add(value)
-    return SegmentSet(version, segments, {name: frozenset(values) for name, values in thresholds.items()})
+    for name, (key, value) in entries.items():
+        segment, comparisons = _segment(name, key, value, source, known, clock)
+        segments.append(segment)
+        for variable, number in comparisons:
+            thresholds.setdefault(variable, set()).add(number)
+    frozen = {variable: frozenset(numbers) for variable, numbers in thresholds.items()}
+    return SegmentSet(rulefile.version(text), tuple(segments), frozen)
 
 
-def clock_comparisons(source: str, clock: Collection[str]) -> list[tuple[str, float]]:
-    """``(variable, number)`` for every comparison of a clock variable with a number in ``source``."""
+def clock_comparisons(condition: Expression, clock: Collection[str]) -> list[tuple[str, float]]:
+    """``(variable, number)`` for every comparison of a clock variable with a number in ``condition``.
+
+    Raises :class:`ExpressionError` when a clock variable is used any other way (``x / 60 >= 2``, ``x >= 2 * 60``,
+    ``x > views``) or compared with a number beyond :data:`MAX_CLOCK_THRESHOLD`: the moment such a condition flips
+    is not known in advance, so it would change only at the user's next event.
+    """
+    tree = ast.parse(condition.source, mode="eval")
     found: list[tuple[str, float]] = []
-    for node in ast.walk(ast.parse(source, mode="eval")):
+    compared: set[ast.AST] = set()
+    for node in ast.walk(tree):
         if not isinstance(node, ast.Compare):
             continue
         operands = [node.left, *node.comparators]
         for left, right in itertools.pairwise(operands):
             for name, number in ((left, right), (right, left)):
-                if (
-                    isinstance(name, ast.Name)
-                    and name.id in clock
-                    and isinstance(number, ast.Constant)
-                    and isinstance(number.value, (int, float))
-                    and not isinstance(number.value, bool)
-                ):
-                    found.append((name.id, float(number.value)))
+                value = _number(number)
+                if isinstance(name, ast.Name) and name.id in clock and value is not None:
+                    if abs(value) > MAX_CLOCK_THRESHOLD:
+                        raise ExpressionError(f"{name.id} is compared with {value:g}; at most {MAX_CLOCK_THRESHOLD:g}")
+                    found.append((name.id, value))
+                    compared.add(name)
+                elif isinstance(name, ast.Name) and _is_null(number):
+                    compared.add(name)  # 'x != null' (x has a value) changes with events, not with the clock
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in clock and node not in compared:
+            raise ExpressionError(
+                f"{node.id} changes with the clock: compare it directly with a number, as in '{node.id} >= 120'"
+            )
     return found
 
 
-def _segment(name: str, key: yaml.Node, node: yaml.Node, source: str, known: Collection[str]) -> Segment:
+def _is_null(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant):
+        return node.value is None
+    return isinstance(node, ast.Name) and node.id in ("null", "None")
+
+
+def _number(node: ast.AST) -> float | None:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        number = _number(node.operand)
+        return None if number is None else -number
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return float(node.value)
+    return None
+
+
+def _segment(
+    name: str, key: yaml.Node, node: yaml.Node, source: str, known: Collection[str], clock: Collection[str]
+) -> tuple[Segment, list[tuple[str, float]]]:
     where = f"{source}:{_line(key)}: segment {name!r}"
     if not name.replace("_", "").replace("-", "").isalnum():
         raise SegmentFileError(f"{where}: a name may hold only letters, digits, '_' and '-'")
@@ -121,13 +164,14 @@ def _segment(name: str, key: yaml.Node, node: yaml.Node, source: str, known: Col
         raise SegmentFileError(f"{source}:{_line(when)}: segment {name!r}: 'when' must be a string")
     try:
         condition = compile_expression(when.value, known=known)
+        comparisons = clock_comparisons(condition, clock)
     except ExpressionError as error:
         raise SegmentFileError(f"{source}:{_line(when)}: segment {name!r}: {error}") from None
     description = fields["description"][1] if "description" in fields else None
     if description is not None and not isinstance(description, yaml.ScalarNode):
         # A list or mapping would be kept as the text of its nodes, which aliases can make exponentially long.
         raise SegmentFileError(f"{source}:{_line(description)}: segment {name!r}: 'description' must be text")
-    return Segment(name, condition, description.value if description is not None else "")
+    return Segment(name, condition, description.value if description is not None else ""), comparisons
 
 
 def _pairs(node: yaml.MappingNode, source: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:

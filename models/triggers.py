@@ -42,7 +42,7 @@ import yaml
 
 from models import rulefile
 from models.consent import PURPOSES
-from models.expressions import Expression, ExpressionError, compile_expression
+from models.expressions import Expression, ExpressionError, VariableType, compile_expression
 
 DAY_MS = 86_400_000
 MAX_TRIGGERS = 200
@@ -152,6 +152,8 @@ class Decision:
     cause: str
     outcome: Literal["sent", "suppressed"]
     reason: Literal["consent", "cooldown", "daily_cap", "holdout"] | None
+    #: The purpose the trigger needs: should the user withdraw it, a message not shown yet must not be shown.
+    consent: str
     arm: Literal["treatment", "control"]
     priority: int
     title: str
@@ -270,6 +272,7 @@ def _decide(
                 cause=cause,
                 outcome="sent" if reason is None else "suppressed",
                 reason=reason,
+                consent=trigger.consent,
                 arm="control" if control else "treatment",
                 priority=trigger.priority,
                 title=trigger.title.render(values),
@@ -294,10 +297,13 @@ def _show(value: Any) -> str:
 # -- loading ---------------------------------------------------------------------------------------------------------
 
 
-def load_triggers(text: str, *, source: str, known: Collection[str], segments: Collection[str]) -> TriggerSet:
+def load_triggers(
+    text: str, *, source: str, known: Mapping[str, VariableType] | Collection[str], segments: Collection[str]
+) -> TriggerSet:
     """Parse and compile a trigger file, or raise :class:`TriggerFileError` naming the line at fault.
 
-    ``known``: the rule variables conditions and templates may name (templates also :data:`TEMPLATE_EXTRAS`);
+    ``known``: the rule variables conditions and templates may name (templates also :data:`TEMPLATE_EXTRAS`), best
+    with their types (:data:`models.variables.VARIABLES`), as :func:`models.segments.load_segments` takes them;
     ``segments``: the declared segment names ``entered`` may refer to.
     """
     top = _pairs(rulefile.compose(text, source, TriggerFileError), source)
@@ -317,14 +323,18 @@ def load_triggers(text: str, *, source: str, known: Collection[str], segments: C
     if len(entries) > MAX_TRIGGERS:
         raise _refuse(source, body, f"more than {MAX_TRIGGERS} triggers")
     triggers = tuple(
-        _trigger(name, key, node, source, frozenset(known), frozenset(segments))
-        for name, (key, node) in entries.items()
+        _trigger(name, key, node, source, known, frozenset(segments)) for name, (key, node) in entries.items()
     )
     return TriggerSet(rulefile.version(text), triggers, cap)
 
 
 def _trigger(
-    name: str, key: yaml.Node, node: yaml.Node, source: str, known: frozenset[str], segments: frozenset[str]
+    name: str,
+    key: yaml.Node,
+    node: yaml.Node,
+    source: str,
+    known: Mapping[str, VariableType] | Collection[str],
+    segments: frozenset[str],
 ) -> Trigger:
     where = f"trigger {name!r}"
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
@@ -345,7 +355,7 @@ def _trigger(
             condition = compile_expression(text, known=known)
         except ExpressionError as error:
             raise _refuse(source, fields["if"][1], f"{where}: 'if': {error}") from None
-    title, body = _message(fields["message"][1], source, where, known | set(TEMPLATE_EXTRAS))
+    title, body = _message(fields["message"][1], source, where, frozenset(known) | TEMPLATE_EXTRAS.keys())
     consent = _text(fields["consent"][1], source, f"{where}: 'consent'")
     if consent not in PURPOSES:
         raise _refuse(source, fields["consent"][1], f"{where}: consent {consent!r}: one of {', '.join(PURPOSES)}")
@@ -394,7 +404,11 @@ def _when(node: yaml.Node, source: str, where: str, segments: frozenset[str]) ->
         if required not in fields:
             raise _refuse(source, node, f"{where}: 'when: after' needs {required!r}")
     within = _duration(fields["within"][1], source, f"{where}: 'within'")
-    return kind, subject, within, _text(fields["without"][1], source, f"{where}: 'without'")
+    without = _text(fields["without"][1], source, f"{where}: 'without'")
+    if without == subject:
+        reason = f"'without' is the 'after' event {subject!r}: it would cancel the deadline it arms, so it never fires"
+        raise _refuse(source, fields["without"][1], f"{where}: {reason}")
+    return kind, subject, within, without
 
 
 def _message(node: yaml.Node, source: str, where: str, names: frozenset[str]) -> tuple[Template, Template]:

@@ -1,7 +1,8 @@
 """The variables segment and trigger conditions can name, in the units people write rules in.
 
 Features (:mod:`models.features`) are scaled for models; these are raw: minutes, counts, money. The set of names is
-:data:`VARIABLES`; a rule naming anything else is refused when its file is loaded.
+:data:`VARIABLES`, with the type of each (a number or text); a rule naming anything else, or comparing a variable
+with a value of the other type (``revenue >= '500'``), is refused when its file is loaded.
 
 Some variables change with the clock alone (:data:`CLOCK_VARIABLES`): "minutes since the cart changed" grows while
 the user is away. :func:`next_change` tells when a condition comparing one of them with a number can next flip, so
@@ -12,28 +13,30 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
+from models.expressions import VariableType
 from tables.profile import Profile
 
 MINUTE_MS = 60_000
 DAY_MS = 1440 * MINUTE_MS
 
-VARIABLES: dict[str, str] = {
-    "event": "name of the event being processed ('' when the clock re-evaluates)",
-    "sessions": "number of sessions so far",
-    "session_events": "events in the current session",
-    "session_minutes": "minutes from the first to the latest event of the current session",
-    "session_top_category_views": "most product views of one category in the current session",
-    "views": "product views, lifetime",
-    "adds": "adds to cart, lifetime",
-    "orders": "orders, lifetime",
-    "revenue": "revenue, lifetime",
-    "days_since_order": "days since the last order (absent if none)",
-    "cart_items": "items in the cart",
-    "cart_value": "value of the cart",
-    "minutes_since_cart_change": "minutes since the cart last changed (absent without a cart)",
-    "minutes_since_seen": "minutes since the user's latest event",
-    "intent": "purchase-intent score in [0, 1] (absent until scored)",
-    "cluster": "behavioural cluster number (absent until assigned)",
+#: Name -> type, as :func:`models.expressions.compile_expression` takes them in ``known``.
+VARIABLES: dict[str, VariableType] = {
+    "event": "text",  # name of the event being processed ('' when the clock re-evaluates)
+    "sessions": "number",  # number of sessions so far
+    "session_events": "number",  # events in the current session
+    "session_minutes": "number",  # minutes from the first to the latest event of the current session
+    "session_top_category_views": "number",  # most product views of one category in the current session
+    "views": "number",  # product views, lifetime
+    "adds": "number",  # adds to cart, lifetime
+    "orders": "number",  # orders, lifetime
+    "revenue": "number",  # revenue, lifetime
+    "days_since_order": "number",  # days since the last order (absent if none)
+    "cart_items": "number",  # items in the cart
+    "cart_value": "number",  # value of the cart
+    "minutes_since_cart_change": "number",  # minutes since the cart last changed (absent without a cart)
+    "minutes_since_seen": "number",  # minutes since the user's latest event
+    "intent": "number",  # purchase-intent score in [0, 1] (absent until scored)
+    "cluster": "number",  # behavioural cluster number (absent until assigned)
 }
 
 #: Variables that grow with the clock: name -> (the profile's start time for it, milliseconds per unit).

@@ -181,10 +181,12 @@ def test_the_version_is_the_start_of_the_sha256_of_the_text() -> None:
             rule("      banner: {title: x, starts: 2024-01-01}\n"),
             "content.yaml:4: rule 'cart_waiting': 'blocks': slot 'banner': field 'starts': a timestamp is not allowed",
         ),
+        (rule("      banner: {title: !custom x}\n"), "content.yaml:4: YAML tags such as !custom are not allowed"),
         (
-            rule("      banner: {title: !custom x}\n"),
-            "content.yaml:4: rule 'cart_waiting': 'blocks': slot 'banner': field 'title': a !custom is not allowed",
+            rule("      banner:\n        title: x\n        t: !!python/object/apply:os.system [id]\n"),
+            "content.yaml:6: YAML tags such as !!python/object/apply:os.system are not allowed",
         ),
+        (rule("      banner: !!map {title: x}\n"), "content.yaml:4: YAML tags such as !!map are not allowed"),
         (
             rule("      banner: {ratio: .nan}\n"),
             "content.yaml:4: rule 'cart_waiting': 'blocks': slot 'banner': field 'ratio': '.nan' has no JSON form",

@@ -6,6 +6,7 @@ import pytest
 
 from models.expressions import MAX_DEPTH, ExpressionError, compile_expression
 from models.segments import SegmentFileError, load_segments, transitions
+from models.variables import CLOCK_VARIABLES, VARIABLES
 
 KNOWN = {"views", "category", "cart_value", "orders", "session_top_category_views", "cart.value"}
 
@@ -60,10 +61,76 @@ def test_evaluation_never_raises() -> None:
         ("", "empty"),
         ("unknown_thing > 1", "unknown name 'unknown_thing'"),
         ("views in [" + ",".join(["1"] * 101) + "]", "at most 100 items"),
+        ("views > 1e999", "the number at column 9 is out of range: numbers are finite"),
+        ("views > -" + "9" * 400, "the number at column 10 is out of range"),
     ],
 )
 def test_hostile_or_broken_expressions_are_refused_with_a_reason(source: str, reason: str) -> None:
     assert reason in refused(source, KNOWN)
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("revenue >= '500'", "revenue is a number but '500' is text: '>=' compares numbers with numbers"),
+        ("'500' <= revenue", "'500' is text but revenue is a number"),
+        ("event == 5", "event is text but 5 is a number: '==' compares numbers with numbers and text with text"),
+        ("event != views", "event is text but views is a number"),
+        ("1 == 'a'", "1 is a number but 'a' is text"),
+        ("event + 'x' == 'y'", "arithmetic needs numbers, but event is text"),
+        ("-event < 0", "arithmetic needs numbers, but event is text"),
+        ("cart_items in 5", "'in' needs a list on its right, such as 'cart_items in [...]', not 5"),
+        ("views not in orders", "'not in' needs a list on its right, such as 'views not in [...]', not orders"),
+        ("event in 'Product Added'", "'in' needs a list on its right"),
+        ("event in ['Product Added', 3]", "event is text but the list after 'in' holds 3, a number: its items must be"),
+        ("cluster not in ['a']", "cluster is a number but the list after 'not in' holds 'a', text"),
+        ("views == [1]", "[1] is a list: a list may only follow 'in' or 'not in'"),
+        ("days_since_order == null", "'days_since_order == null' is never true: a condition naming a variable without"),
+        ("null == intent", "'intent == null' is never true"),
+        ("intent == None", "'intent == null' is never true"),
+        ("intent > null", "null may only be compared with '!=', as in 'intent != null'"),
+        ("null != null", "null may only be compared with '!='"),
+        ("views in [1, null]", "null may only be compared with '!='"),
+        ("null + 1 > 0", "arithmetic needs numbers, but null is null"),
+    ],
+)
+def test_a_condition_that_could_never_hold_is_refused_naming_the_variable_and_types(source: str, reason: str) -> None:
+    assert reason in refused(source, VARIABLES), refused(source, VARIABLES)
+
+
+def test_conditions_mixing_numbers_and_text_correctly_still_compile() -> None:
+    condition = compile_expression(
+        "event in ['Product Added', 'Order Completed'] and cart_value >= 50 or event == '' and views > 2",
+        known=VARIABLES,
+    )
+    assert condition.holds({"event": "Product Added", "cart_value": 60, "views": 0})
+    assert condition.holds({"event": "", "cart_value": 0, "views": 3})
+    assert not condition.holds({"event": "Product Viewed", "cart_value": 60, "views": 3})
+    has_intent = compile_expression("intent != null and intent > 0.5", known=VARIABLES)
+    assert has_intent.holds({"intent": 0.7}) and not has_intent.holds({})
+    assert compile_expression("None != intent", known=VARIABLES).holds({"intent": 0.1})
+    assert compile_expression("(views > 3) == true and cluster not in [1, 2]", known=VARIABLES).holds(
+        {"views": 4, "cluster": 3}
+    )
+    assert compile_expression("category == 5", known=KNOWN).names == {"category"}  # no type given: not checked
+
+
+def test_a_type_mismatch_in_a_segment_file_is_refused_with_file_and_line() -> None:
+    text = "segments:\n  ok:\n    when: views > 1\n  big:\n    when: revenue >= '500'\n"
+    with pytest.raises(SegmentFileError) as error:
+        load_segments(text, source="segments.yaml", known=VARIABLES, clock=CLOCK_VARIABLES)
+    assert str(error.value) == (
+        "segments.yaml:5: segment 'big': revenue is a number but '500' is text:"
+        " '>=' compares numbers with numbers and text with text"
+    )
+
+
+def test_a_clock_variable_may_be_tested_for_a_value_with_not_equal_null() -> None:
+    text = "segments:\n  buyer:\n    when: days_since_order != null and days_since_order < 30\n"
+    loaded = load_segments(text, source="segments.yaml", known=VARIABLES, clock=CLOCK_VARIABLES)
+    assert loaded.clock_thresholds == {"days_since_order": {30.0}}
+    assert loaded.memberships({"days_since_order": 2}) == {"buyer"}
+    assert loaded.memberships({}) == set()
 
 
 def test_non_string_expression_is_refused() -> None:
@@ -114,4 +181,47 @@ def test_a_segment_file_loads_and_memberships_follow_the_variables() -> None:
 def test_a_bad_segment_file_is_refused_with_file_line_and_reason(text: str, message: str) -> None:
     with pytest.raises(SegmentFileError) as error:
         load_segments(text, source="segments.yaml", known=KNOWN)
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def test_a_condition_may_have_spaces_around_it() -> None:
+    text = "segments:\n  idle:\n    when: '  cart_items > 0 and minutes_since_cart_change >= 15 '\n"
+    loaded = load_segments(text, source="segments.yaml", known=VARIABLES, clock=CLOCK_VARIABLES)
+    assert loaded.clock_thresholds == {"minutes_since_cart_change": {15.0}}
+    assert loaded.memberships({"cart_items": 1, "minutes_since_cart_change": 16}) == {"idle"}
+
+
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        (
+            "minutes_since_cart_change >= 2 * 60",
+            "minutes_since_cart_change changes with the clock: compare it directly",
+        ),
+        (
+            "minutes_since_cart_change / 60 >= 2",
+            "minutes_since_cart_change changes with the clock: compare it directly",
+        ),
+        ("minutes_since_seen > views", "minutes_since_seen changes with the clock: compare it directly"),
+        ("minutes_since_cart_change >= 1e999", "the number at column 30 is out of range"),
+        ("days_since_order > 1e12", "days_since_order is compared with 1e+12; at most 1e+09"),
+    ],
+)
+def test_a_clock_variable_is_only_compared_directly_with_a_number_the_clock_can_reach(when: str, message: str) -> None:
+    with pytest.raises(SegmentFileError) as error:
+        load_segments(f"segments:\n  a:\n    when: {when}\n", source="s.yaml", known=VARIABLES, clock=CLOCK_VARIABLES)
+    assert str(error.value).startswith(f"s.yaml:3: segment 'a': {message}"), str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("segments:\n  a:\n    when: views > 1\n    description: !!python/name:os.system x\n", "s.yaml:4: YAML tags"),
+        ("segments:\n  a: !!map\n    when: views > 1\n", "s.yaml:2: YAML tags such as !!map are not allowed"),
+        ("segments: !custom\n  a:\n    when: views > 1\n", "s.yaml:1: YAML tags such as !custom are not allowed"),
+    ],
+)
+def test_a_yaml_tag_on_any_node_is_refused_with_its_line(text: str, message: str) -> None:
+    with pytest.raises(SegmentFileError) as error:
+        load_segments(text, source="s.yaml", known=KNOWN)
     assert str(error.value).startswith(message), str(error.value)

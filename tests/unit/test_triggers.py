@@ -236,6 +236,11 @@ def test_message_ids_are_the_same_on_a_replay() -> None:
             "t.yaml:4: trigger 'x': 'when: after' needs 'without'",
         ),
         (
+            "  x:\n    when:\n      after: Checkout Started\n      without: Checkout Started\n      within: 1m\n"
+            "    message: {title: t}\n    consent: marketing\n",
+            "t.yaml:6: trigger 'x': 'without' is the 'after' event 'Checkout Started': it would cancel the deadline",
+        ),
+        (
             "  x:\n    when: {event: a}\n    message: {title: t}\n    consent: sales\n",
             "t.yaml:6: trigger 'x': consent 'sales'",
         ),
@@ -260,6 +265,18 @@ def test_message_ids_are_the_same_on_a_replay() -> None:
             "t.yaml:5: trigger 'x': 'if':",
         ),
         (
+            "  x:\n    when: {event: a}\n    if: cart_items > '0'\n    message: {title: t}\n    consent: marketing\n",
+            "t.yaml:5: trigger 'x': 'if': cart_items is a number but '0' is text",
+        ),
+        (
+            "  x:\n    when: {inactive: 15m}\n    if: event in 5\n    message: {title: t}\n    consent: marketing\n",
+            "t.yaml:5: trigger 'x': 'if': 'in' needs a list on its right",
+        ),
+        (
+            "  x:\n    when: {event: a}\n    if: intent == null\n    message: {title: t}\n    consent: marketing\n",
+            "t.yaml:5: trigger 'x': 'if': 'intent == null' is never true",
+        ),
+        (
             "  x:\n    when: {event: a}\n    message: {title: t}\n    consent: marketing\n    holdout: 150\n",
             "t.yaml:7: trigger 'x': 'holdout' is a percentage",
         ),
@@ -281,6 +298,16 @@ def test_a_bad_trigger_is_refused_with_its_line_and_reason(body: str, reason: st
     with pytest.raises(TriggerFileError) as refused:
         rules(body)
     assert str(refused.value).startswith(reason), str(refused.value)
+
+
+def test_an_if_condition_mixing_text_and_number_variables_loads() -> None:
+    body = CART_IDLE.replace(
+        "if: cart_items > 0", "if: event != 'Order Completed' and cart_items > 0 and intent != null"
+    )
+    [trigger] = rules(body).triggers
+    assert trigger.condition is not None
+    assert trigger.condition.holds({"event": "", "cart_items": 2, "intent": 0.4})
+    assert not trigger.condition.holds({"event": "", "cart_items": 2})
 
 
 def test_file_level_refusals() -> None:
