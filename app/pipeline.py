@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, cast
 
@@ -31,12 +31,13 @@ from app.metrics import WorkerMetrics
 from app.partitioning import partition_for
 from app.read_model import ReadModel
 from app.rules import Rules
-from models.consent import CONSENT_EVENT
-from models.insight import Effect, Insight, SegmentChange, merge_insights, on_clock, on_event
+from models.consent import CONSENT_EVENT, PURPOSES
+from models.insight import Effect, Insight, SegmentChange, merge_insights, on_clock, on_event, personalised
 from models.partition import PartitionModels
 from models.triggers import Decision
 from tables.changelog import BulkTableWriter, StagedWrites
-from tables.profile import Profile, Step, merge_profiles, record_steps
+from tables.profile import Profile, Step, granted, merge_profiles, record_steps
+from ws.delivery import WITHDRAWAL
 
 log = logging.getLogger(__name__)
 #: Decision records kept per user in the ``messages`` table for the API; the topic keeps them all (by retention).
@@ -185,6 +186,7 @@ class Pipeline:
         decisions: list[Decision] = []
         outgoing: list[tuple[str, bytes]] = []
         audits: list[tuple[str, bytes]] = []
+        withdrawals: list[tuple[str, bytes]] = []
         for merge in merges:
             self._merge(merge, partition, outgoing)
         for erase in erasures:
@@ -216,6 +218,7 @@ class Pipeline:
                 self.clocks.observe(partition, steps[-1].event.timestamp_ms)
                 continue
             audits += self._consent_audits(steps)
+            withdrawals += _withdrawals(steps, rules.default_consent)
             started = clock()
             for step in steps:
                 insight, effects = on_event(
@@ -241,6 +244,10 @@ class Pipeline:
             self._hand_over(user_id, alias, partition, outgoing)
         self._fire_due(partition, changes, decisions)
         await self._emit(changes, decisions, partition)
+        # After the decisions: the gateways deliver a user's records in order, so a withdrawal reaches them after
+        # every message decided before it, and takes back those not shown yet (ws.delivery.apply_withdrawals).
+        for key, value in withdrawals:
+            await self.messages_topic.send(key=key.encode(), value=value)
         for key, value in outgoing:
             await self.events_topic.send(key=key.encode(), value=value)
         for key, record in audits:
@@ -391,9 +398,9 @@ class Pipeline:
         self.profile_writer.put(merge.into_id, merged, partition=partition)
         if merge.insight is not None:
             before = self.insights.data.get(merge.into_id)
-            self._store(
-                merge.into_id, before, merge_insights(before, decode_insight(merge.insight.encode())), partition
-            )
+            visitor = decode_insight(merge.insight.encode())
+            personal = personalised(merged, self.rules.current())
+            self._store(merge.into_id, before, merge_insights(before, visitor, personal=personal), partition)
 
     def _count_anonymously(self, event_name: str) -> None:
         """An event of a user without ``analytics`` consent: only a count per event name, with no user attached."""
@@ -491,6 +498,28 @@ def _forwarded(event: Event, user_id: str) -> bytes:
     return orjson.dumps(forwarded)
 
 
+def _withdrawals(steps: list[Step], default_consent: Mapping[str, bool]) -> list[tuple[str, bytes]]:
+    """A ``consent_withdrawn`` record on ``nudge.messages`` for each step that took back a purpose the user had."""
+    records = []
+    for step in steps:
+        if step.before is None or step.after.consent == step.before.consent:
+            continue
+        withdrawn = [
+            purpose
+            for purpose in PURPOSES
+            if granted(step.before, purpose, default_consent) and not granted(step.after, purpose, default_consent)
+        ]
+        if withdrawn:
+            record = {
+                "type": WITHDRAWAL,
+                "userId": step.after.user_id,
+                "purposes": withdrawn,
+                "timestamp": iso_from_ms(step.event.timestamp_ms),
+            }
+            records.append((step.after.user_id, orjson.dumps(record)))
+    return records
+
+
 def decision_record(decision: Decision) -> dict[str, object]:
     """A decision as ``nudge.messages`` and ``GET /v1/users/{id}/messages`` carry it: the message and why."""
     return {
@@ -502,6 +531,7 @@ def decision_record(decision: Decision) -> dict[str, object]:
         "cause": decision.cause,
         "outcome": decision.outcome,
         "reason": decision.reason,
+        "consent": decision.consent,
         "arm": decision.arm,
         "priority": decision.priority,
         "message": {"title": decision.title, "body": decision.body},

@@ -6,7 +6,9 @@ batch of records it writes the inboxes and publishes to the nodes (:func:`ws.del
 commits the batch's offsets. A crash in between redelivers the batch: at least once, and the hub and the browser SDK
 drop repeats by message id. If Redis is away it retries the same batch with backoff instead of moving on.
 
-Suppressed decisions (holdout, consent, cap, cooldown) are on the topic for the record and are not pushed. A decision
+Suppressed decisions (holdout, consent, cap, cooldown) are on the topic for the record and are not pushed. A
+``consent_withdrawn`` record takes back the user's messages of those purposes that were not shown yet, in the batch
+and in the inbox (:func:`ws.delivery.apply_withdrawals`). A decision
 older than the inbox TTL is not pushed either: the shopper has long moved on. Records that are not decision records
 are logged and skipped; they cannot stop delivery for everyone else.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
@@ -39,7 +43,15 @@ class Deliverer:
         self.settings = settings
         self.redis = redis
         self.inbox_ttl_s = inbox_ttl_s
-        self.counts = {"delivered": 0, "published": 0, "batches": 0, "suppressed": 0, "stale": 0, "malformed": 0}
+        self.counts = {
+            "delivered": 0,
+            "published": 0,
+            "batches": 0,
+            "suppressed": 0,
+            "stale": 0,
+            "malformed": 0,
+            "withdrawn": 0,
+        }
         self._consumer = AIOKafkaConsumer(
             settings.messages_topic,
             bootstrap_servers=settings.bootstrap_servers,
@@ -73,19 +85,23 @@ class Deliverer:
     async def run(self) -> None:
         while True:
             batches = await self._consumer.getmany(timeout_ms=100, max_records=1_000)
-            messages: list[delivery.Outgoing] = []
+            decoded: list[delivery.Outgoing | delivery.Withdrawal] = []
             oldest_ms = int(time.time() * 1000) - self.inbox_ttl_s * 1000
             for records in batches.values():
                 for record in records:
                     message = self._decode(record.value or b"", record.topic, record.partition, record.offset)
                     if message is None:
                         continue
-                    if message.at_ms < oldest_ms:
+                    if isinstance(message, delivery.Outgoing) and message.at_ms < oldest_ms:
                         self.counts["stale"] += 1
                         continue
-                    messages.append(message)
+                    decoded.append(message)
+            messages, withdrawals = delivery.apply_withdrawals(decoded)
+            self.counts["withdrawn"] += sum(isinstance(m, delivery.Outgoing) for m in decoded) - len(messages)
+            if withdrawals:
+                await self._retrying(self._withdraw, withdrawals)
             if messages:
-                await self._deliver(messages)
+                await self._retrying(self._deliver, messages)
             if batches:
                 await self._consumer.commit()
             await self._note_positions()
@@ -98,7 +114,9 @@ class Deliverer:
             except IllegalStateError:  # revoked meanwhile
                 self._delivered_to.pop(tp.partition, None)
 
-    def _decode(self, raw: bytes, topic: str, partition: int, offset: int) -> delivery.Outgoing | None:
+    def _decode(
+        self, raw: bytes, topic: str, partition: int, offset: int
+    ) -> delivery.Outgoing | delivery.Withdrawal | None:
         try:
             message = delivery.outgoing(raw)
         except ValueError as error:
@@ -109,18 +127,25 @@ class Deliverer:
             self.counts["suppressed"] += 1
         return message
 
-    async def _deliver(self, messages: list[delivery.Outgoing]) -> None:
+    async def _retrying(self, action: Callable[[Sequence[Any]], Awaitable[None]], items: Sequence[Any]) -> None:
+        """Carry out ``action`` on the batch's items, retrying with backoff while Redis is away."""
         backoff = 0.1
         while True:
             try:
-                prefix, ttl = self.settings.app_id, self.inbox_ttl_s
-                published = await delivery.deliver(self.redis, prefix, messages, inbox_ttl_s=ttl)
+                await action(items)
+                return
             except (RedisError, OSError) as error:
-                log.warning("delivery of %d messages failed, retrying in %.1f s: %s", len(messages), backoff, error)
+                log.warning(
+                    "%s of %d records failed, retrying in %.1f s: %s", action.__name__, len(items), backoff, error
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            self.counts["delivered"] += len(messages)
-            self.counts["batches"] += 1
-            self.counts["published"] += published
-            return
+
+    async def _withdraw(self, withdrawals: Sequence[delivery.Withdrawal]) -> None:
+        self.counts["withdrawn"] += await delivery.withdraw(self.redis, self.settings.app_id, withdrawals)
+
+    async def _deliver(self, messages: Sequence[delivery.Outgoing]) -> None:
+        prefix, ttl = self.settings.app_id, self.inbox_ttl_s
+        self.counts["published"] += await delivery.deliver(self.redis, prefix, messages, inbox_ttl_s=ttl)
+        self.counts["delivered"] += len(messages)
+        self.counts["batches"] += 1

@@ -2,8 +2,9 @@
 
 Key schema (``<prefix>`` is ``NUDGE_APP_ID``)::
 
-    <prefix>:inbox:<user id>      HASH  message id -> {"id", "payload", "at_ms"} (JSON); expires inbox_ttl_s after
-                                        the latest message, so an offline user's messages do not live forever
+    <prefix>:inbox:<user id>      HASH  message id -> {"id", "payload", "at_ms", "consent"} (JSON); expires
+                                        inbox_ttl_s after the latest message, so an offline user's messages do not
+                                        live forever
     <prefix>:presence:<user id>   SET   ids of the gateway nodes holding a socket of the user; expires ttl_s after
                                         the node last refreshed it, so a crashed node drops out by itself
     <prefix>:node:<node id>       pub/sub channel the node subscribes to: {"user", "id", "payload"} (JSON)
@@ -12,10 +13,16 @@ Key schema (``<prefix>`` is ``NUDGE_APP_ID``)::
 first and reads the inbox second: so whichever comes first, a connecting browser gets the message, from its inbox or
 over the channel, and the hub (:mod:`ws.protocol`) sends it once per tab; the browser drops repeats by id.
 :func:`acknowledge` removes an acked message from the inbox.
+
+A user who withdraws consent for a purpose must not be shown a message that needs it, even one decided before: the
+worker puts a ``consent_withdrawn`` record on ``nudge.messages`` after the user's decisions, and the deliverer, which
+reads a user's records in order, drops the batch's earlier messages of that purpose (:func:`apply_withdrawals`) and
+removes those waiting in the inbox (:func:`withdraw`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +32,11 @@ from redis.asyncio import Redis
 
 from app.events import parse_timestamp
 
+log = logging.getLogger(__name__)
+
 DEFAULT_INBOX_TTL_S = 86_400
+#: The ``type`` of a ``nudge.messages`` record that takes back the user's messages of some purposes.
+WITHDRAWAL = "consent_withdrawn"
 DEFAULT_PRESENCE_TTL_S = 30
 
 
@@ -49,6 +60,20 @@ class Outgoing:
     message_id: str
     payload: dict[str, Any]
     at_ms: int
+    #: The purpose the message needs (``None``: not said, as in records from before it was): see :func:`withdraw`.
+    consent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """The user withdrew consent for ``purposes``: their messages that need one of them must not be shown now."""
+
+    user_id: str
+    purposes: frozenset[str]
+
+    def covers(self, message: Outgoing) -> bool:
+        """Whether ``message`` is this user's and needs a withdrawn purpose (or does not say which it needs)."""
+        return message.user_id == self.user_id and (message.consent is None or message.consent in self.purposes)
 
 
 async def deliver(
@@ -65,7 +90,14 @@ async def deliver(
     async with redis.pipeline(transaction=False) as pipe:
         for message in messages:
             key = inbox_key(prefix, message.user_id)
-            entry = orjson.dumps({"id": message.message_id, "payload": message.payload, "at_ms": message.at_ms})
+            entry = orjson.dumps(
+                {
+                    "id": message.message_id,
+                    "payload": message.payload,
+                    "at_ms": message.at_ms,
+                    "consent": message.consent,
+                }
+            )
             pipe.hset(key, message.message_id, entry)
             pipe.expire(key, inbox_ttl_s)
             pipe.smembers(presence_key(prefix, message.user_id))
@@ -83,10 +115,37 @@ async def deliver(
 
 
 async def inbox(redis: Redis, prefix: str, user_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """The user's unacknowledged messages, oldest first, as ``(message id, payload)``."""
-    entries = [orjson.loads(raw) for raw in (await redis.hgetall(inbox_key(prefix, user_id))).values()]
-    entries.sort(key=lambda entry: (entry["at_ms"], entry["id"]))
-    return [(entry["id"], entry["payload"]) for entry in entries]
+    """The user's unacknowledged messages, oldest first, as ``(message id, payload)``.
+
+    An entry that cannot be read (not JSON, or without the fields :func:`deliver` writes) is skipped with a warning
+    and left to expire with the inbox: one damaged entry must not keep the user's sockets from opening.
+    """
+    entries = [_inbox_entry(user_id, raw) for raw in (await redis.hgetall(inbox_key(prefix, user_id))).values()]
+    readable = [entry for entry in entries if entry is not None]
+    if len(readable) < len(entries):
+        # Without the user id: it is personal data, and the warning repeats on each of the user's connections.
+        log.warning("skipped %d unreadable inbox entries of a user", len(entries) - len(readable))
+    readable.sort(key=lambda entry: (entry.at_ms, entry.message_id))
+    return [(entry.message_id, entry.payload) for entry in readable]
+
+
+def _inbox_entry(user_id: str, raw: bytes | str) -> Outgoing | None:
+    """The message an inbox entry holds, or ``None`` if it is not one :func:`deliver` wrote."""
+    try:
+        entry = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    at_ms, message_id, payload, consent = (
+        entry.get("at_ms"),
+        entry.get("id"),
+        entry.get("payload"),
+        entry.get("consent"),
+    )
+    if type(at_ms) is not int or not isinstance(message_id, str) or not isinstance(payload, dict):
+        return None
+    return Outgoing(user_id, message_id, payload, at_ms, consent if isinstance(consent, str) else None)
 
 
 async def acknowledge(redis: Redis, prefix: str, user_id: str, message_id: str) -> None:
@@ -110,11 +169,45 @@ async def absent(redis: Redis, prefix: str, user_id: str, node_id: str) -> None:
     await redis.srem(presence_key(prefix, user_id), node_id)
 
 
-def outgoing(raw: bytes) -> Outgoing | None:
-    """The message a ``nudge.messages`` record asks to push, or ``None`` for a suppressed decision.
+async def withdraw(redis: Redis, prefix: str, withdrawals: Sequence[Withdrawal]) -> int:
+    """Remove from the users' inboxes the messages each withdrawal covers; returns how many were removed."""
+    removed = 0
+    for withdrawal in withdrawals:
+        key = inbox_key(prefix, withdrawal.user_id)
+        covered = []
+        for field, raw in (await redis.hgetall(key)).items():
+            entry = _inbox_entry(withdrawal.user_id, raw)
+            if entry is None or withdrawal.covers(entry):  # an unreadable entry is not shown anyway
+                covered.append(field)
+        if covered:
+            removed += await redis.hdel(key, *covered)
+    return removed
 
-    Raises :class:`ValueError` with the reason for a record that is not a decision record (see
-    ``app.pipeline.decision_record``): the caller logs it and moves on, since it came from another producer.
+
+def apply_withdrawals(records: Iterable[Outgoing | Withdrawal]) -> tuple[list[Outgoing], list[Withdrawal]]:
+    """A batch of records, in their order on the topic: the messages still to deliver, and the withdrawals.
+
+    A withdrawal drops the messages before it that it covers; the ones after it were decided with the user's new
+    consent. Carry out the withdrawals first (they also clear what earlier batches left in the inboxes), then
+    deliver the messages.
+    """
+    messages: list[Outgoing] = []
+    withdrawals: list[Withdrawal] = []
+    for record in records:
+        if isinstance(record, Withdrawal):
+            messages = [message for message in messages if not record.covers(message)]
+            withdrawals.append(record)
+        else:
+            messages.append(record)
+    return messages, withdrawals
+
+
+def outgoing(raw: bytes) -> Outgoing | Withdrawal | None:
+    """The message a ``nudge.messages`` record asks to push, the withdrawal it states, or ``None`` for a suppressed
+    decision.
+
+    Raises :class:`ValueError` with the reason for a record that is neither (see ``app.pipeline.decision_record``
+    and ``app.pipeline._withdrawals``): the caller logs it and moves on, since it came from another producer.
     """
     try:
         record = orjson.loads(raw)
@@ -122,6 +215,8 @@ def outgoing(raw: bytes) -> Outgoing | None:
         raise ValueError("not JSON") from None
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
+    if record.get("type") == WITHDRAWAL:
+        return _withdrawal(record)
     if record.get("outcome") != "sent":
         if record.get("outcome") == "suppressed":
             return None
@@ -139,4 +234,14 @@ def outgoing(raw: bytes) -> Outgoing | None:
         "priority": record.get("priority", 0),
         "timestamp": record["timestamp"],
     }
-    return Outgoing(user_id, message_id, payload, at_ms)
+    consent = record.get("consent")
+    return Outgoing(user_id, message_id, payload, at_ms, consent if isinstance(consent, str) else None)
+
+
+def _withdrawal(record: dict[str, Any]) -> Withdrawal:
+    user_id, purposes = record.get("userId"), record.get("purposes")
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("a withdrawal's userId must be a non-empty string")
+    if not isinstance(purposes, list) or not purposes or not all(isinstance(p, str) for p in purposes):
+        raise ValueError("a withdrawal's purposes must be a non-empty list of names")
+    return Withdrawal(user_id, frozenset(purposes))

@@ -10,11 +10,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from app.devstack import DevStack
 from tests.integration.conftest import get_json, wait_for
 from tests.integration.test_gateway import decisions, tab, token_for
 from tests.integration.test_intelligence import decision, rule_files, topic_records, track
+from ws.delivery import inbox
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +95,37 @@ async def _count_is(records: Callable[[], Awaitable[list[Any]]], count: int) -> 
     return len(await records()) == count
 
 
+async def test_a_withdrawal_takes_back_the_messages_of_that_purpose_still_waiting_for_the_user(tmp_path: Path) -> None:
+    # Decided while ann had agreed, not shown yet (she was offline): after she withdraws marketing, her next visit
+    # must not show the marketing message; the one needing personalization, which she still allows, is shown.
+    triggers = (
+        TRIGGERS + "  tip:\n    when: {event: Tip Wanted}\n    message: {title: A tip}\n    consent: personalization\n"
+    )
+    env = {**rule_files(tmp_path, triggers=triggers), "NUDGE_DEFAULT_CONSENT": "analytics,personalization,marketing"}
+    async with DevStack(root=tmp_path / "stack", keep_files=True, extra_env=env) as stack:
+        token = await token_for(stack, "ann")
+        async with tab(stack.gateway, token) as ann:
+            await ann.socket.close()  # presence gone: what is decided now waits in her inbox
+        await track(stack, {"userId": "ann", "event": "Help Wanted"}, {"userId": "ann", "event": "Tip Wanted"})
+        assert sorted(await outcomes(stack, "ann", 2)) == [("help_offer", "sent"), ("tip", "sent")]
+        [tip] = [d for d in await decisions(stack, "ann") if d["trigger"] == "tip"]
+        assert tip["consent"] == "personalization"
+        redis = Redis.from_url(stack.redis.url)
+        try:
+            await wait_for(lambda: _inbox_holds(redis, stack, 2), timeout=20, what="both messages in ann's inbox")
+            status, accepted = await put_consent(stack, "ann", b'{"categoryPreferences": {"marketing": false}}')
+            assert status == 202, accepted
+            await wait_for(lambda: _inbox_holds(redis, stack, 1), timeout=20, what="the offer taken back")
+        finally:
+            await redis.aclose()
+        async with tab(stack.gateway, token) as ann:
+            assert [m["id"] for m in await ann.drain()] == [tip["id"]]
+
+
+async def _inbox_holds(redis: Redis, stack: DevStack, count: int) -> bool:
+    return len(await inbox(redis, stack.app_id, "ann")) == count
+
+
 async def test_without_analytics_nothing_is_profiled_and_without_personalization_nothing_is_inferred(
     tmp_path: Path,
 ) -> None:
@@ -135,12 +168,20 @@ async def test_consent_with_unknown_purposes_or_wrong_types_is_refused_with_a_re
     async with aiohttp.ClientSession() as session:
         async with session.put(f"{stack.http}/v1/users/ann/consent", data=b"{}") as response:
             assert response.status == 401
-        bad_event = {"userId": "ann", "event": "Viewed", "context": {"consent": {"categoryPreferences": {"ads": 1}}}}
-        async with session.post(
-            f"{stack.http}/v1/track", json=bad_event, auth=aiohttp.BasicAuth(stack.write_key, "")
-        ) as response:
+        auth = aiohttp.BasicAuth(stack.write_key, "")
+        bad_event = {
+            "userId": "ann",
+            "event": "Viewed",
+            "context": {"consent": {"categoryPreferences": {"marketing": 1}}},
+        }
+        async with session.post(f"{stack.http}/v1/track", json=bad_event, auth=auth) as response:
             assert response.status == 400
-            assert "unknown purpose 'ads'" in (await response.json())["message"]
+            assert "categoryPreferences.marketing must be true or false" in (await response.json())["message"]
+        # A consent manager's own categories ride along on every event of such a site: the event is kept.
+        managed = {"C0001": True, "Advertising": False, "marketing": True}
+        event = {"userId": "ann", "event": "Viewed", "context": {"consent": {"categoryPreferences": managed}}}
+        async with session.post(f"{stack.http}/v1/track", json=event, auth=auth) as response:
+            assert response.status == 200, await response.text()
 
 
 async def test_export_returns_everything_held_and_consent_and_export_are_audited_without_the_user_id(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.devstack import EmbeddedRedis
-from ws.delivery import Outgoing, absent, acknowledge, channel, deliver, inbox, inbox_key, present
+from ws.delivery import Outgoing, Withdrawal, absent, acknowledge, channel, deliver, inbox, inbox_key, present, withdraw
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +71,38 @@ async def test_a_message_is_published_only_to_the_nodes_holding_the_users_socket
     assert await deliver(client, prefix, [Outgoing("ann", "m2", {"title": "later"}, 2)]) == 0
     assert [m for m, _ in await inbox(client, prefix, "ann")] == ["m1", "m2"]
     await pubsub.aclose()
+
+
+async def test_damaged_inbox_entries_are_skipped_and_the_rest_delivered(
+    redis: tuple[Redis, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, prefix = redis
+    await deliver(client, prefix, [Outgoing("ann", "m2", {"title": "second"}, 2), Outgoing("ann", "m1", {}, 1)])
+    damaged = {
+        "bad-1": "not json",
+        "bad-2": '{"id": "bad-2"}',
+        "bad-3": '{"id": 3, "payload": {}, "at_ms": 3}',
+        "x": "[]",
+    }
+    await client.hset(inbox_key(prefix, "ann"), mapping=damaged)
+    with caplog.at_level(logging.WARNING, logger="ws.delivery"):
+        assert await inbox(client, prefix, "ann") == [("m1", {}), ("m2", {"title": "second"})]
+    [warning] = caplog.records
+    assert warning.getMessage() == "skipped 4 unreadable inbox entries of a user"
+
+
+async def test_a_withdrawal_empties_the_inbox_of_that_purpose_only(redis: tuple[Redis, str]) -> None:
+    client, prefix = redis
+    await deliver(
+        client,
+        prefix,
+        [
+            Outgoing("ann", "offer", {"title": "offer"}, 1, "marketing"),
+            Outgoing("ann", "tip", {"title": "tip"}, 2, "personalization"),
+            Outgoing("bob", "offer-b", {"title": "offer"}, 3, "marketing"),
+        ],
+    )
+    assert await withdraw(client, prefix, [Withdrawal("ann", frozenset({"marketing"}))]) == 1
+    assert await inbox(client, prefix, "ann") == [("tip", {"title": "tip"})]
+    assert await inbox(client, prefix, "bob") == [("offer-b", {"title": "offer"})]
+    assert await withdraw(client, prefix, [Withdrawal("ann", frozenset({"marketing"}))]) == 0  # again: nothing

@@ -74,11 +74,25 @@ def test_a_merge_into_a_user_seen_for_the_first_time_keeps_everything_under_the_
 
 def test_the_intent_score_survives_the_merge() -> None:
     visitor = Insight(intent=0.7, model_version="p1.v10", as_of_ms=T0 + HOUR, cluster=2)
-    assert merge_insights(None, visitor) == visitor
+    assert merge_insights(None, visitor, personal=True) == visitor
     user = Insight(intent=0.1, model_version="p3.v5", as_of_ms=T0 - 9 * HOUR, cluster=1, segments=("buyer",))
-    merged = merge_insights(user, visitor)
+    merged = merge_insights(user, visitor, personal=True)
     assert (merged.intent, merged.model_version, merged.as_of_ms) == (0.7, "p1.v10", T0 + HOUR)
     assert (merged.cluster, merged.segments) == (1, ("buyer",))
+
+
+def test_a_merge_gives_no_score_to_a_user_who_refused_personalization() -> None:
+    # The visitor was scored before logging in; the known user had refused: the merged user is not scored, and the
+    # visitor's samples are not learned from.
+    visitor = Insight(
+        intent=0.91, model_version="p1.v10", as_of_ms=T0 + HOUR, cluster=4, pending=(labels.Sample(T0, (1,), {}, 0.5),)
+    )
+    user = Insight(as_of_ms=T0, segments=("buyer",))
+    for into in (user, None):
+        merged = merge_insights(into, visitor, personal=False)
+        assert (merged.intent, merged.model_version, merged.cluster, merged.pending) == (None, "", None, ())
+        assert merged.as_of_ms == T0 + HOUR
+    assert merge_insights(user, visitor, personal=False).segments == ("buyer",)
 
 
 samples = st.lists(
@@ -100,8 +114,8 @@ def test_a_merge_applied_twice_is_applied_once(known_pending: tuple, visitor_pen
     # second time must not give the model the visitor's samples to learn from twice.
     user = Insight(intent=0.1, as_of_ms=T0, pending=known_pending)
     visitor = Insight(intent=0.7, as_of_ms=T0 + HOUR, pending=visitor_pending)
-    once = merge_insights(user, visitor)
-    assert merge_insights(once, visitor) == once
+    once = merge_insights(user, visitor, personal=True)
+    assert merge_insights(once, visitor, personal=True) == once
     assert len(set(map(repr, once.pending))) == len(once.pending)
     assert len(once.pending) == min(labels.MAX_PENDING, len(set(map(repr, (*known_pending, *visitor_pending)))))
 
