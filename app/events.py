@@ -23,6 +23,10 @@ from models.consent import PURPOSES, parse_preferences
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
+#: The most events a batch envelope may hold, on ``/v1/batch`` and on the topic. Segment's SDKs send at most a few
+#: hundred (500 KB of 200-byte events is 2,500); a gzip body of a few hundred bytes, or a 1 MB record of
+#: ``[1,1,1,...]``, holds hundreds of thousands of tiny items, too many to validate and dead-letter one by one.
+MAX_BATCH_EVENTS = 2_500
 MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
 #: The instants a timestamp may name: the profile reads epoch ms of 0 and below as "never", and :func:`iso_from_ms`
 #: cannot format an instant past year 9999.
@@ -181,7 +185,8 @@ def _linked_anonymous_id(event: Mapping[str, Any]) -> str | None:
 
 
 def decode_record(value: bytes | None) -> list[object]:
-    """Split a ``nudge.events`` record into its events, or raise :class:`InvalidEvent` for the whole record."""
+    """Split a ``nudge.events`` record into its events, or raise :class:`InvalidEvent` for the whole record (also
+    for a batch of more than :data:`MAX_BATCH_EVENTS` events, checked before any of them is looked at)."""
     if value is None:
         raise InvalidEvent("record has no value")
     if len(value) > 2 * MAX_BATCH_BYTES:
@@ -194,6 +199,8 @@ def decode_record(value: bytes | None) -> list[object]:
         batch = body["batch"]
         if not isinstance(batch, list):
             raise InvalidEvent(f"batch must be an array, not {_json_type(batch)}")
+        if len(batch) > MAX_BATCH_EVENTS:
+            raise InvalidEvent(f"batch of {len(batch)} events is over the {MAX_BATCH_EVENTS} event limit")
         return batch
     if isinstance(body, dict):
         return [body]

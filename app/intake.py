@@ -16,11 +16,8 @@ from typing import Any
 
 import orjson
 
-from app.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, InvalidEvent, encode_event, normalise
+from app.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, InvalidEvent, encode_event, normalise
 
-#: The most events a ``/v1/batch`` body may hold. Segment's SDKs send at most a few hundred (500 KB of 200-byte
-#: events is 2,500); a gzip body of a few hundred bytes can inflate into hundreds of thousands of tiny items.
-MAX_BATCH_EVENTS = 2_500
 #: The most refused events a batch answer lists (the first ones); ``rejectedCount`` counts them all.
 MAX_LISTED_REJECTIONS = 100
 

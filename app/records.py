@@ -3,7 +3,7 @@
 :func:`split_record` validates every event in the record and sorts it into one of three piles: events to fold
 here (grouped by user, in record order), events whose user lives on another partition (another system keyed the
 record differently: they are forwarded, keyed by user id), and rejects for the dead-letter topic with a reason
-and the original bytes.
+and the original bytes: at most :data:`MAX_SEPARATE_REJECTS` + 1 of them per record, whatever it holds.
 """
 
 from __future__ import annotations
@@ -16,13 +16,22 @@ from app.events import Event, InvalidEvent, decode_record, encode_event, event_f
 from app.identity import Erase, Merge, is_erase, is_merge, read_erase, read_merge
 from app.partitioning import partition_for
 
+#: The most bad events of one record dead-lettered one by one, each with its own reason; the rest of them go as one
+#: batch envelope. The agent sends them while holding the lock every partition waits on.
+MAX_SEPARATE_REJECTS = 100
+
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """A record or event refused by ingest: ``original`` is the bytes to keep in the dead-letter topic."""
+    """A record or event refused by ingest: ``original`` is the bytes to keep in the dead-letter topic.
+
+    ``events`` counts the events refused when ``original`` is a batch of them (the rest of a record's bad events);
+    a whole record refused, however many items it claims, is one.
+    """
 
     reason: str
     original: bytes
+    events: int = 1
 
 
 @dataclass(slots=True)
@@ -39,6 +48,10 @@ class RecordPlan:
     def accepted(self) -> int:
         return sum(map(len, self.by_user.values()))
 
+    @property
+    def rejected(self) -> int:
+        return sum(reject.events for reject in self.rejects)
+
 
 def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms: int, secret: bytes) -> RecordPlan:
     """Validate the events in ``value`` (read from ``partition``) and sort them; never raises on bad input.
@@ -52,6 +65,7 @@ def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms
         plan.rejects.append(Reject(str(error), value or b""))
         return plan
     assert value is not None  # decode_record refuses a missing value
+    refused: list[tuple[str, object]] = []
     for item in items:
         try:
             if is_merge(item):
@@ -70,10 +84,24 @@ def split_record(value: bytes | None, *, partition: int, partitions: int, now_ms
                 plan.misrouted.append((event.user_id, encode_event(normalised)))
                 continue
         except InvalidEvent as error:
-            plan.rejects.append(Reject(str(error), value if len(items) == 1 else _original(item, value)))
+            refused.append((str(error), item))
             continue
         plan.by_user.setdefault(event.user_id, []).append(event)
+    if len(items) == 1:
+        plan.rejects = [Reject(reason, value) for reason, _ in refused]
+    else:
+        plan.rejects = _rejects(refused, value)
     return plan
+
+
+def _rejects(refused: list[tuple[str, object]], record: bytes) -> list[Reject]:
+    """The dead-letter entries for the bad events of a batch: the first ones alone, the rest in one envelope."""
+    rejects = [Reject(reason, _original(item, record)) for reason, item in refused[:MAX_SEPARATE_REJECTS]]
+    rest = refused[MAX_SEPARATE_REJECTS:]
+    if rest:
+        reason = f"{len(rest)} more refused events of this record, as one batch; the first for: {rest[0][0]}"
+        rejects.append(Reject(reason, _original({"batch": [item for _, item in rest]}, record), len(rest)))
+    return rejects
 
 
 def _original(item: object, record: bytes) -> bytes:

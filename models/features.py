@@ -32,7 +32,7 @@ import zlib
 from functools import lru_cache
 
 from app.events import Event
-from tables.profile import Profile
+from tables.profile import Profile, money
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
@@ -125,8 +125,7 @@ def product_seen_before(profile: Profile | None, event: Event) -> bool:
 
 
 def _price(event: Event) -> float:
-    price = event.properties.get("price")
-    return float(price) if isinstance(price, (int, float)) and not isinstance(price, bool) else 0.0
+    return money(event.properties.get("price")) or 0.0
 
 
 @lru_cache(maxsize=256)
@@ -141,7 +140,9 @@ def _bucket(value: str) -> int:
 
 
 def _log(value: float) -> float:
-    return math.log1p(max(0.0, value))
+    # 0 for a negative value, and for an infinite or NaN one (a profile stored before money was bounded), which no
+    # model can learn from and Sample.of cannot pack.
+    return math.log1p(value) if 0.0 < value < math.inf else 0.0
 
 
 def _is_mobile(agent: object) -> bool:

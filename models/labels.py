@@ -8,6 +8,7 @@ learns from a sample only then, so it never learns from the future and never twi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ class Sample:
     @classmethod
     def of(cls, timestamp_ms: int, features: Features, *, score: float = 0.0, baseline: float = 0.0) -> Sample:
         value = features.get
-        packed = tuple([round(value(name, 0.0) * SCALE) for name in FEATURE_NAMES])
+        packed = tuple([_packed(value(name, 0.0)) for name in FEATURE_NAMES])
         extra = {k: v for k, v in features.items() if k not in _DENSE}
         return cls(timestamp_ms, packed, extra, score, baseline)
 
@@ -49,6 +50,12 @@ class Sample:
         features = {n: v / SCALE for n, v in zip(FEATURE_NAMES, self.packed, strict=False)}
         features.update(self.extra)
         return features
+
+
+def _packed(value: float) -> int:
+    scaled = value * SCALE
+    # round() raises on infinity and NaN, here inside the agent: such a feature carries nothing to learn, so 0.
+    return round(scaled) if math.isfinite(scaled) else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 import string
 from collections.abc import Collection, Mapping
@@ -288,6 +289,8 @@ def _show(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""  # int() raises on it, in a timer that would take the worker down; blank beats a crash loop
         return f"{value:,.2f}" if value != int(value) else f"{int(value):,}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"

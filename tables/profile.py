@@ -32,6 +32,9 @@ MAX_ALIASES = 32
 MAX_TRAITS = 32
 #: Long enough for an encrypted token of a 200-character value.
 MAX_TRAIT_LENGTH = 400
+#: The largest price, revenue or total the fold takes (see :func:`money`), and the largest quantity of one event.
+MAX_MONEY = 1e12
+MAX_QUANTITY = 10_000
 OTHER = "(other)"
 
 #: How much each kind of interaction adds to the affinity of the product's category.
@@ -102,11 +105,18 @@ class Profile:
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
         """Rebuild a profile from its JSON form (the changelog value)."""
         session = data.get("session")
+        revenue = data.get("revenue")
         return cls(
             **{
                 **data,
                 "session": Session(**session) if session else None,
-                "cart": {pid: CartItem(**item) for pid, item in data.get("cart", {}).items()},
+                # State written before money was bounded: orjson wrote an infinite revenue as null, and a price of
+                # 1e308 makes the cart value infinite. Both read as 0, as an unusable property does in the fold.
+                "revenue": float(revenue) if isinstance(revenue, (int, float)) and math.isfinite(revenue) else 0.0,
+                "cart": {
+                    pid: CartItem(**{**item, "price": money(item.get("price")) or 0.0})
+                    for pid, item in data.get("cart", {}).items()
+                },
                 "recent_items": tuple(data.get("recent_items", ())),
                 "seen_ids": tuple(data.get("seen_ids", ())),
                 "aliases": tuple(data.get("aliases", ())),
@@ -344,7 +354,9 @@ def _cart_change(profile: Profile, props: Mapping[str, Any], ts: int, sign: int)
     cart = dict(profile.cart)
     current = cart.get(product_id)
     if sign > 0:
-        price = _number(props.get("price"), default=current.price if current else 0.0)
+        price = money(props.get("price"))
+        if price is None:
+            price = current.price if current else 0.0
         held = current.quantity if current else 0
         if current is None and len(cart) >= MAX_CART_ITEMS:
             return {}
@@ -363,14 +375,14 @@ def _cart_change(profile: Profile, props: Mapping[str, Any], ts: int, sign: int)
 
 
 def _order(profile: Profile, props: Mapping[str, Any], ts: int) -> dict[str, Any]:
-    revenue = _number(props.get("revenue"), default=math.nan)
-    if math.isnan(revenue):
-        revenue = _number(props.get("total"), default=math.nan)
-    if math.isnan(revenue):
-        revenue = sum(_number(p.get("price"), 0.0) * _positive_int(p.get("quantity"), 1) for p in _products(props))
+    revenue = money(props.get("revenue"))
+    if revenue is None:
+        revenue = money(props.get("total"))
+    if revenue is None:
+        revenue = sum((money(p.get("price")) or 0.0) * _positive_int(p.get("quantity"), 1) for p in _products(props))
     return {
         "orders": profile.orders + 1,
-        "revenue": round(profile.revenue + max(revenue, 0.0), 2),
+        "revenue": round(profile.revenue + revenue, 2),
         "last_order_ms": max(profile.last_order_ms or ts, ts),
         "cart": {},
         "cart_changed_ms": ts,
@@ -443,13 +455,20 @@ def _category(props: Mapping[str, Any]) -> str | None:
     return value[:128] if isinstance(value, str) and value else None
 
 
-def _number(value: object, default: float) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+def money(value: object) -> float | None:
+    """A usable price, revenue or total: a number from 0 to :data:`MAX_MONEY`; ``None`` for anything else.
+
+    The one rule for money, used by the fold, the features and stored state. A larger number (JSON allows 1e308)
+    would make a cart value or revenue infinite, which the JSON changelog cannot hold and the models cannot use;
+    a negative price means nothing. Such a value is ignored like a price sent as text, not refused with the event:
+    the validator checks an event's envelope, not its properties, and the view or add still counts without a price.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_MONEY:
         return float(value)
-    return default
+    return None
 
 
 def _positive_int(value: object, default: int) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 10_000:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_QUANTITY:
         return value
     return default

@@ -72,6 +72,15 @@ def test_a_merge_into_a_user_seen_for_the_first_time_keeps_everything_under_the_
     assert decode_profile(encode_profile(merged)) == merged
 
 
+def test_a_merge_record_with_a_null_revenue_merges_as_zero() -> None:
+    """Revenue that was infinite before money was bounded reached merge records as null."""
+    body = orjson.loads(encode_profile(anonymous())) | {"revenue": None}
+    merge = read_merge(orjson.loads(merge_record(Merge("anon-1", "user-1", body, None), SECRET)), SECRET)
+    assert merge.profile is not None
+    merged = merge_profiles(known(), Profile.from_dict(merge.profile))
+    assert merged.revenue == known().revenue == 50.0
+
+
 def test_the_intent_score_survives_the_merge() -> None:
     visitor = Insight(intent=0.7, model_version="p1.v10", as_of_ms=T0 + HOUR, cluster=2)
     assert merge_insights(None, visitor, personal=True) == visitor

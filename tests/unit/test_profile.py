@@ -458,6 +458,24 @@ def test_codec_round_trip_of_an_empty_profile() -> None:
 # --- hostile property values ------------------------------------------------------------------------------------
 
 
+def test_money_written_before_it_was_bounded_decodes_to_zero() -> None:
+    """orjson wrote an infinite revenue as null and kept a price of 1e308: both read back as 0, and the next order
+    folds instead of failing on None + float."""
+    stored = (
+        b'{"user_id":"user-1","orders":1,"revenue":null,"cart":{"p1":{"product_id":"p1","quantity":2,"price":1e308}}}'
+    )
+    profile = decode_profile(stored)
+    assert (profile.revenue, profile.cart["p1"].price, profile.cart_value) == (0.0, 0.0, 0.0)
+    assert fold(profile, order(revenue=12.5)).revenue == 12.5
+
+
+@pytest.mark.parametrize("price", [-0.01, 1e12 + 1, 1e308, -1e308])
+def test_a_price_outside_0_to_1e12_is_ignored_like_an_unusable_one(price: object) -> None:
+    profile = fold_all([add("p1", price=7.0), add("p1", price=price, quantity=2)])
+    assert profile.cart["p1"] == CartItem("p1", 3, 7.0)
+    assert profile.cart_value == 21.0
+
+
 @pytest.mark.parametrize("price", ["12.50", math.nan, math.inf, -math.inf, None, True, [1], {"v": 1}])
 def test_unusable_price_defaults_to_zero_for_a_new_item(price: object) -> None:
     profile = fold_all([add("p1", price=price)])

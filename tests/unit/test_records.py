@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from app.events import normalise
+from app.events import MAX_BATCH_EVENTS, normalise
 from app.partitioning import partition_for
-from app.records import split_record
+from app.records import MAX_SEPARATE_REJECTS, split_record
 
 PARTITIONS = 8
 SECRET = b"s" * 32
@@ -201,3 +201,32 @@ def test_a_signed_merge_record_is_taken_and_a_forged_one_dead_lettered() -> None
     assert plan.merges == [] and [r.reason for r in plan.rejects] == [
         "merge record: bad signature (merge records come from Nudge workers only)"
     ]
+
+
+def test_a_batch_over_the_event_limit_is_rejected_whole_before_any_event_is_read() -> None:
+    """A 1 MB record of ``[1,1,...]`` would otherwise cost seconds and half a million dead-letter records."""
+    value = b'{"batch":[' + b",".join([b"1"] * 511_990) + b"]}"
+    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
+    assert [(r.reason, r.original) for r in plan.rejects] == [
+        (f"batch of 511990 events is over the {MAX_BATCH_EVENTS} event limit", value)
+    ]
+    assert (plan.by_user, plan.misrouted, plan.rejected) == ({}, [], 1)
+
+
+def test_a_batch_of_many_bad_events_is_dead_lettered_in_a_bounded_number_of_records_losing_none() -> None:
+    [user] = users_on(HERE, 1)
+    bad = [{"type": "track", "messageId": f"bad-{i}"} for i in range(MAX_BATCH_EVENTS - 1)]
+    value = batch(*bad[:50], track(user, "good"), *bad[50:])
+    plan = split_record(value, partition=HERE, partitions=PARTITIONS, now_ms=NOW_MS, secret=SECRET)
+    assert plan.accepted == 1
+    separate, rest = plan.rejects[:MAX_SEPARATE_REJECTS], plan.rejects[MAX_SEPARATE_REJECTS:]
+    assert [orjson.loads(r.original) for r in separate] == bad[:MAX_SEPARATE_REJECTS]
+    assert {r.reason for r in separate} == {"userId or anonymousId is required"}
+    [summary] = rest
+    left = MAX_BATCH_EVENTS - 1 - MAX_SEPARATE_REJECTS
+    assert (
+        summary.reason
+        == f"{left} more refused events of this record, as one batch; the first for: userId or anonymousId is required"
+    )
+    assert orjson.loads(summary.original) == {"batch": bad[MAX_SEPARATE_REJECTS:]}
+    assert (summary.events, plan.rejected) == (left, MAX_BATCH_EVENTS - 1)
