@@ -62,6 +62,7 @@ pipeline = Pipeline(
     erasures=erasures,
     erasure_writer=erasure_writer,
     audit_topic=audit_topic,
+    dlq_topic=dlq_topic,
     secret=settings.secret.encode(),
     learning=Learning(kind=settings.intent_model, secret=settings.secret.encode()),  # type: ignore[arg-type]
     rules=rules,
@@ -143,7 +144,7 @@ async def _process(
     )
     await pipeline.flush()
     for reject in plan.rejects:
-        metrics.rejected("ingest", reject.reason)
+        metrics.rejected("ingest", reject.reason, reject.events)
         await dlq_topic.send(
             key=key,
             value=reject.original,
@@ -152,13 +153,13 @@ async def _process(
     for user_id, raw in plan.misrouted:
         await events_topic.send(key=user_id.encode(), value=raw)
     offsets.processed(partition, offset)
-    events = plan.accepted + len(plan.rejects) + len(plan.misrouted)
+    events = plan.accepted + plan.rejected + len(plan.misrouted)
     metrics.events_in_topic.inc(events)
     ingest_stats.add(
         partition=partition,
         offset=offset,
         events=events,
         folded=folded,
-        rejected=len(plan.rejects),
+        rejected=plan.rejected,
         forwarded=len(plan.misrouted),
     )

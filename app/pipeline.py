@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 MAX_KEPT_MESSAGES = 50
 MAX_ANONYMOUS_NAMES = 256
 ASSIGNMENT_RECHECK_S = 1.0
+#: A merge chain longer than this is a cycle (two ids merged into each other by a race): its events are dead-lettered.
+MAX_ALIAS_HOPS = 8
+#: Where a forwarded event counts its hops (``context``, which the fold does not read this key of).
+HOPS_KEY = "nudgeAliasHops"
 
 
 class Pipeline:
@@ -64,6 +68,7 @@ class Pipeline:
         erasures: TableT,
         erasure_writer: BulkTableWriter,
         audit_topic: TopicT,
+        dlq_topic: TopicT,
         secret: bytes,
         messages: TableT,
         message_writer: BulkTableWriter,
@@ -92,6 +97,7 @@ class Pipeline:
         self.erasure_writer = erasure_writer
         self.staged = StagedWrites([insight_writer, profile_writer, erasure_writer], flush=app.producer.flush)
         self.audit_topic = audit_topic
+        self.dlq_topic = dlq_topic
         self.secret = secret
         self._pending_hand_overs: list[tuple[str, Event]] = []
         self.learning = learning
@@ -187,6 +193,7 @@ class Pipeline:
         outgoing: list[tuple[str, bytes]] = []
         audits: list[tuple[str, bytes]] = []
         withdrawals: list[tuple[str, bytes]] = []
+        refused: list[tuple[Event, str]] = []
         for merge in merges:
             self._merge(merge, partition, outgoing)
         for erase in erasures:
@@ -196,7 +203,7 @@ class Pipeline:
         clock = time.perf_counter
         fold_s = score_s = 0.0
         for user_id, all_events in by_user.items():
-            events = self._identity(user_id, self._not_erased(user_id, all_events), partition, outgoing)
+            events = self._identity(user_id, self._not_erased(user_id, all_events), outgoing, refused)
             if not events:
                 continue
             profile = self.profiles.data.get(user_id)
@@ -250,6 +257,12 @@ class Pipeline:
             await self.messages_topic.send(key=key.encode(), value=value)
         for key, value in outgoing:
             await self.events_topic.send(key=key.encode(), value=value)
+        source = f"{self.events_topic.get_topic_name()}/{partition}/{offset}".encode()
+        for event, reason in refused:
+            log.warning("identity: an event of %s refused: %s", event.user_id, reason)
+            self.metrics.rejected("ingest", reason)
+            headers = {"nudge-reason": reason.encode(), "nudge-source": source}
+            await self.dlq_topic.send(key=event.user_id.encode(), value=_as_record(event), headers=headers)
         for key, record in audits:
             await self.audit_topic.send(key=key.encode(), value=record)
         return folded
@@ -277,11 +290,15 @@ class Pipeline:
 
     # -- identity ----------------------------------------------------------------------------------------------------
 
-    def _identity(self, user_id: str, events: list[Event], partition: int, out: list[tuple[str, bytes]]) -> list[Event]:
+    def _identity(
+        self, user_id: str, events: list[Event], out: list[tuple[str, bytes]], refused: list[tuple[Event, str]]
+    ) -> list[Event]:
         """The events to fold for ``user_id``: those before its first ``alias`` event, unless it was merged already.
 
         The ``alias`` event itself (handed over after the fold, see :meth:`_hand_over`) and the events after it are
-        forwarded to the user it names.
+        forwarded to the user it names. Two ids must never end up merged into each other, which would send their
+        events round between them for ever: an ``alias`` into an id already merged into this user is refused, and an
+        event forwarded more than :data:`MAX_ALIAS_HOPS` times (a cycle formed by a race) is dead-lettered.
         """
         canonical = self.aliases.data.get(user_id)
         cut = next((i for i, e in enumerate(events) if e.alias_to is not None), None)
@@ -289,12 +306,24 @@ class Pipeline:
             return events
         if canonical is None:
             assert cut is not None
-            self._pending_hand_overs.append((user_id, events[cut]))
-            canonical, keep, rest = events[cut].alias_to, events[:cut], events[cut + 1 :]
+            alias = events[cut]
+            profile = self.profiles.data.get(user_id)
+            if profile is not None and alias.alias_to in profile.aliases:
+                reason = f"alias: {alias.alias_to!r:.80} was merged into this user; the reverse would make a cycle"
+                refused.append((alias, reason))
+                return self._identity(user_id, events[:cut] + events[cut + 1 :], out, refused)
+            self._pending_hand_overs.append((user_id, alias))
+            canonical, keep, rest = alias.alias_to, events[:cut], events[cut + 1 :]
         else:
             keep, rest = [], events
         assert canonical is not None
-        out.extend((canonical, _forwarded(event, canonical)) for event in rest if event.alias_to is None)
+        for event in rest:
+            if event.alias_to is not None:
+                continue
+            if _hops(event) >= MAX_ALIAS_HOPS:
+                refused.append((event, f"forwarded {MAX_ALIAS_HOPS} times between merged ids: an alias cycle"))
+            else:
+                out.append((canonical, _forwarded(event, canonical)))
         return keep
 
     # -- erasure -------------------------------------------------------------------------------------------------------
@@ -484,18 +513,34 @@ class Pipeline:
 
 def _forwarded(event: Event, user_id: str) -> bytes:
     """``event`` of an id merged into ``user_id``, as ``user_id``'s event (same messageId: a repeat is skipped)."""
-    forwarded: dict[str, Any] = {
+    context = {**event.context, HOPS_KEY: _hops(event) + 1}
+    return _as_record(replace(event, user_id=user_id, anonymous_id=event.user_id, context=context))
+
+
+def _hops(event: Event) -> int:
+    """How many times ``event`` was forwarded to the id it was merged into."""
+    hops = event.context.get(HOPS_KEY)
+    return hops if isinstance(hops, int) and not isinstance(hops, bool) and hops > 0 else 0
+
+
+def _as_record(event: Event) -> bytes:
+    """``event`` as a Segment event again, for ``nudge.events`` or the dead-letter topic."""
+    record: dict[str, Any] = {
         "type": event.type,
-        "userId": user_id,
-        "anonymousId": event.user_id,
         "messageId": event.message_id,
         "timestamp": iso_from_ms(event.timestamp_ms),
         "properties": dict(event.properties),
         "context": dict(event.context),
     }
+    if event.alias_to is not None:
+        record.update(previousId=event.user_id, userId=event.alias_to)
+    else:
+        record["userId"] = event.user_id
+        if event.anonymous_id is not None:
+            record["anonymousId"] = event.anonymous_id
     if event.type == "track":
-        forwarded["event"] = event.name
-    return orjson.dumps(forwarded)
+        record["event"] = event.name
+    return orjson.dumps(record)
 
 
 def _withdrawals(steps: list[Step], default_consent: Mapping[str, bool]) -> list[tuple[str, bytes]]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from app.devstack import DevStack
 from app.partitioning import partition_for
+from app.stack_client import read_topic
 from tests.integration.conftest import get_json, wait_for
 from tests.integration.test_intelligence import decision, track
 
@@ -62,3 +65,41 @@ async def test_an_anonymous_shopper_who_logs_in_keeps_their_cart_and_intent_scor
     status, via_alias = await profile(stack, anonymous)
     assert status == 200 and via_alias["user_id"] == user and via_alias["cart"] == known["cart"]
     assert (await decision(stack, anonymous))["known"] is False
+
+
+async def test_two_ids_are_never_merged_into_each_other(stack: DevStack) -> None:
+    """An alias back into an id already merged here would send both ids' events round between them for ever."""
+    anonymous, user = two_ids_on_different_partitions(stack.partitions)
+    await track(stack, {"type": "identify", "userId": user, "anonymousId": anonymous})
+
+    async def merged() -> bool:
+        status, body = await profile(stack, anonymous)
+        return status == 200 and body["user_id"] == user
+
+    await wait_for(merged, timeout=30, what=f"{anonymous} merged into {user}")
+    await track(stack, {"type": "alias", "previousId": user, "userId": anonymous, "messageId": "backwards"})
+
+    async def refused() -> list[Any]:
+        return [
+            r
+            for r in await read_topic(stack.broker.bootstrap, "nudge.events.dlq", stack.partitions)
+            if orjson.loads(r.value).get("messageId") == "backwards"
+        ]
+
+    await wait_for(refused, timeout=30, what="the backwards alias dead-lettered")
+    [dead] = await refused()
+    assert b"would make a cycle" in dict(dead.headers)["nudge-reason"]
+    # Both ids' later events land on the known user, once each.
+    await track(
+        stack,
+        {"anonymousId": anonymous, "event": "Product Viewed", "properties": {"product_id": "a"}},
+        {"userId": user, "event": "Product Viewed", "properties": {"product_id": "b"}},
+    )
+
+    async def both_counted() -> bool:
+        _, body = await profile(stack, user)
+        return body["event_counts"].get("Product Viewed") == 2
+
+    await wait_for(both_counted, timeout=30, what="both views on the known user")
+    _, body = await profile(stack, user)
+    assert body["user_id"] == user and body["event_counts"] == {"Identify": 1, "Product Viewed": 2}
