@@ -136,21 +136,29 @@ async def send_http(
 
     async with aiohttp.ClientSession() as session:
         tasks: set[asyncio.Task[None]] = set()
-        for chunk in chunks(events, batch_size):
-            good = [e for e in chunk if isinstance(e, dict)]
-            if clock is not None and good:
-                await clock.wait_for(good[0])
-            for raw in (e for e in chunk if isinstance(e, bytes)):
-                tasks.add(asyncio.create_task(post(session, "/v1/track", raw, 1)))
-            if good:
-                tasks.add(asyncio.create_task(post(session, "/v1/batch", orjson.dumps({"batch": good}), len(good))))
-            if len(tasks) >= concurrency * 2:
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # re-raise a failed request
-            await pacer.advance(len(chunk))
-        if tasks:
-            await asyncio.gather(*tasks)
+        try:
+            for chunk in chunks(events, batch_size):
+                good = [e for e in chunk if isinstance(e, dict)]
+                if clock is not None and good:
+                    await clock.wait_for(good[0])
+                for raw in (e for e in chunk if isinstance(e, bytes)):
+                    tasks.add(asyncio.create_task(post(session, "/v1/track", raw, 1)))
+                if good:
+                    body = orjson.dumps({"batch": good})
+                    tasks.add(asyncio.create_task(post(session, "/v1/batch", body, len(good))))
+                if len(tasks) >= concurrency * 2:
+                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # re-raise a failed request
+                await pacer.advance(len(chunk))
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            # Stopped (Ctrl-C) or failed: the requests still in flight go with it, rather than failing later, on
+            # their own, against a collector that is shutting down ("Task exception was never retrieved").
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return accepted, rejected
 
 

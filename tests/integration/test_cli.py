@@ -104,6 +104,30 @@ def test_cluster_runs_two_workers_and_two_gateways_that_all_serve_then_stops_the
             process.kill()
 
 
+def test_a_demo_stopped_with_ctrl_c_says_so_without_a_traceback(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "demo", "--rate", "300", "--users", "300"], stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while output.read_bytes().count(b"events/s") < 2 and time.monotonic() < deadline:  # sending, mid-run
+            assert process.poll() is None, output.read_text()
+            time.sleep(0.2)
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not [c for c in alive if c.status() != psutil.STATUS_ZOMBIE], [c.cmdline() for c in alive]
+        said = output.read_text()
+        assert "nothing is left running" in said and "Traceback" not in said, said[-3000:]
+        assert said.endswith("nudge demo: stopped\n"), said[-500:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def test_a_bench_stopped_with_sigterm_stops_the_stack_it_started(tmp_path: Path) -> None:
     stderr = tmp_path / "stderr"
     with stderr.open("wb") as err:
