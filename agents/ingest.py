@@ -62,7 +62,6 @@ pipeline = Pipeline(
     erasures=erasures,
     erasure_writer=erasure_writer,
     audit_topic=audit_topic,
-    dlq_topic=dlq_topic,
     secret=settings.secret.encode(),
     learning=Learning(kind=settings.intent_model, secret=settings.secret.encode()),  # type: ignore[arg-type]
     rules=rules,
@@ -139,17 +138,17 @@ async def _process(
         now_ms = record_ms
     secret = settings.secret.encode()
     plan = split_record(value, partition=partition, partitions=settings.partitions, now_ms=now_ms, secret=secret)
-    folded = await pipeline.process(
+    folded, refused = await pipeline.process(
         plan.by_user, partition=partition, offset=offset, merges=plan.merges, erasures=plan.erasures
     )
     await pipeline.flush()
-    for reject in plan.rejects:
-        metrics.rejected("ingest", reject.reason, reject.events)
-        await dlq_topic.send(
-            key=key,
-            value=reject.original,
-            headers={"nudge-reason": reject.reason.encode(), "nudge-source": f"{topic}/{partition}/{offset}".encode()},
-        )
+    rejects = plan.rejects + refused
+    if rejects:
+        source = f"{topic}/{partition}/{offset}".encode()
+        for reject in rejects:
+            metrics.rejected("ingest", reject.reason, reject.events)
+            headers = {"nudge-reason": reject.reason.encode(), "nudge-source": source}
+            await dlq_topic.send(key=key, value=reject.original, headers=headers)
     for user_id, raw in plan.misrouted:
         await events_topic.send(key=user_id.encode(), value=raw)
     offsets.processed(partition, offset)
@@ -160,6 +159,6 @@ async def _process(
         offset=offset,
         events=events,
         folded=folded,
-        rejected=plan.rejected,
+        rejected=plan.rejected + sum(reject.events for reject in refused),
         forwarded=len(plan.misrouted),
     )

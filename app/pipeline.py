@@ -1,9 +1,10 @@
 """The per-user work of a worker: fold, score, segment, learn; and the state it keeps per partition.
 
-The ingest agent hands each record's events here (:meth:`Pipeline.process`), the clock timer asks for due deadlines
-to be fired (:meth:`Pipeline.fire_due`). The logic is in pure functions (:func:`tables.profile.record_steps`,
-:func:`models.insight.on_event`, :func:`models.insight.on_clock`); this module carries out their effects: table
-writes, learning on the partition's models, ``nudge.segments`` records, Redis read-model updates, deadlines.
+The ingest agent hands each record's events here (:meth:`Pipeline.process`) and dead-letters what it refuses; the
+clock timer asks for due deadlines to be fired (:meth:`Pipeline.fire_due`). The logic is in pure functions
+(:func:`tables.profile.record_steps`, :func:`models.insight.on_event`, :func:`models.insight.on_clock`); this module
+carries out their effects: table writes, learning on the partition's models, ``nudge.segments`` records, Redis
+read-model updates, deadlines.
 
 Call everything here with ``agents.ingest.processing`` held: the agent and the timers share the tables.
 """
@@ -30,6 +31,7 @@ from app.learning import Learning
 from app.metrics import WorkerMetrics
 from app.partitioning import partition_for
 from app.read_model import ReadModel
+from app.records import Reject
 from app.rules import Rules
 from models.consent import CONSENT_EVENT, PURPOSES
 from models.insight import Effect, Insight, SegmentChange, merge_insights, on_clock, on_event, personalised
@@ -68,7 +70,6 @@ class Pipeline:
         erasures: TableT,
         erasure_writer: BulkTableWriter,
         audit_topic: TopicT,
-        dlq_topic: TopicT,
         secret: bytes,
         messages: TableT,
         message_writer: BulkTableWriter,
@@ -97,7 +98,6 @@ class Pipeline:
         self.erasure_writer = erasure_writer
         self.staged = StagedWrites([insight_writer, profile_writer, erasure_writer], flush=app.producer.flush)
         self.audit_topic = audit_topic
-        self.dlq_topic = dlq_topic
         self.secret = secret
         self._pending_hand_overs: list[tuple[str, Event]] = []
         self.learning = learning
@@ -178,8 +178,9 @@ class Pipeline:
         offset: int,
         merges: Iterable[Merge] = (),
         erasures: Iterable[Erase] = (),
-    ) -> int:
-        """Fold, score and segment each user's events from one record; returns how many events were folded.
+    ) -> tuple[int, list[Reject]]:
+        """Fold, score and segment each user's events from one record; returns how many events were folded, and the
+        events refused (alias cycles, see :meth:`_identity`) for the caller to dead-letter.
 
         Identity (:mod:`app.identity`): merges are folded first; the events of an id merged into another user are
         forwarded to that user; an ``alias`` event hands this id's state over; an event that names an anonymous id
@@ -195,7 +196,7 @@ class Pipeline:
         withdrawals: list[tuple[str, bytes]] = []
         refused: list[tuple[Event, str]] = []
         for merge in merges:
-            self._merge(merge, partition, outgoing)
+            self._merge(merge, partition, outgoing, audits, withdrawals)
         for erase in erasures:
             await self._erase(erase, partition, outgoing)
         folded = 0
@@ -224,8 +225,9 @@ class Pipeline:
                 # and what this record caused, were delivered (StagedWrites); only the profile was missing.
                 self.clocks.observe(partition, steps[-1].event.timestamp_ms)
                 continue
-            audits += self._consent_audits(steps)
-            withdrawals += _withdrawals(steps, rules.default_consent)
+            step_audits, step_withdrawals = self._consent_changes(steps, rules.default_consent)
+            audits += step_audits
+            withdrawals += step_withdrawals
             started = clock()
             for step in steps:
                 insight, effects = on_event(
@@ -257,19 +259,21 @@ class Pipeline:
             await self.messages_topic.send(key=key.encode(), value=value)
         for key, value in outgoing:
             await self.events_topic.send(key=key.encode(), value=value)
-        source = f"{self.events_topic.get_topic_name()}/{partition}/{offset}".encode()
-        for event, reason in refused:
-            log.warning("identity: an event of %s refused: %s", event.user_id, reason)
-            self.metrics.rejected("ingest", reason)
-            headers = {"nudge-reason": reason.encode(), "nudge-source": source}
-            await self.dlq_topic.send(key=event.user_id.encode(), value=_as_record(event), headers=headers)
         for key, record in audits:
             await self.audit_topic.send(key=key.encode(), value=record)
-        return folded
+        rejects = []
+        for event, reason in refused:
+            log.warning("identity: an event of %s refused: %s", event.user_id, reason)
+            rejects.append(Reject(reason, _as_record(event)))
+        return folded, rejects
 
-    def _consent_audits(self, steps: list[Step]) -> list[tuple[str, bytes]]:
-        """An audit record for each step that changed the user's consent (every channel ends up here)."""
-        records = []
+    def _consent_changes(
+        self, steps: list[Step], default_consent: Mapping[str, bool]
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """For each step that changed the user's consent: an audit record (every channel ends up here), and a
+        ``consent_withdrawn`` record for ``nudge.messages`` if it took back a purpose the user had."""
+        audits: list[tuple[str, bytes]] = []
+        withdrawals: list[tuple[str, bytes]] = []
         for step in steps:
             before = step.before.consent if step.before is not None else {}
             if step.after.consent == before:
@@ -285,8 +289,12 @@ class Pipeline:
                 source=source if isinstance(source, str) else "context",
             )
             if record is not None:
-                records.append((subject(self.secret, step.after.user_id), record))
-        return records
+                audits.append((subject(self.secret, step.after.user_id), record))
+            if step.before is not None:
+                withdrawal = _withdrawal(step.before, step.after, step.event.timestamp_ms, default_consent)
+                if withdrawal is not None:
+                    withdrawals.append((step.after.user_id, withdrawal))
+        return audits, withdrawals
 
     # -- identity ----------------------------------------------------------------------------------------------------
 
@@ -412,7 +420,16 @@ class Pipeline:
         self.deadlines.schedule(partition, user_id, None)
         log.info("identity: %s merged into %s (profile %s)", user_id, canonical, "sent" if profile else "none")
 
-    def _merge(self, merge: Merge, partition: int, out: list[tuple[str, bytes]]) -> None:
+    def _merge(
+        self,
+        merge: Merge,
+        partition: int,
+        out: list[tuple[str, bytes]],
+        audits: list[tuple[str, bytes]],
+        withdrawals: list[tuple[str, bytes]],
+    ) -> None:
+        """Fold the state of ``merge.from_id`` into its user's; a refusal the visitor made stands for the user, so
+        the merge can withdraw consent: that is audited, and takes back the user's messages not shown yet."""
         profile = self.profiles.data.get(merge.into_id)
         if profile is not None and merge.from_id in profile.aliases:
             return  # applied already (a redelivered record)
@@ -425,6 +442,22 @@ class Pipeline:
             return
         merged = merge_profiles(profile, other, user_id=merge.into_id)
         self.profile_writer.put(merge.into_id, merged, partition=partition)
+        if profile is not None and merged.consent != profile.consent:
+            audit = consent_applied(
+                self.secret,
+                user_id=merge.into_id,
+                before=profile.consent,
+                after=merged.consent,
+                message_id=f"merge\x00{merge.from_id}",
+                at=iso_from_ms(merged.last_seen_ms),
+                source="merge",
+            )
+            if audit is not None:
+                audits.append((subject(self.secret, merge.into_id), audit))
+            default = self.rules.current().default_consent
+            withdrawal = _withdrawal(profile, merged, merged.last_seen_ms, default)
+            if withdrawal is not None:
+                withdrawals.append((merge.into_id, withdrawal))
         if merge.insight is not None:
             before = self.insights.data.get(merge.into_id)
             visitor = decode_insight(merge.insight.encode())
@@ -543,26 +576,17 @@ def _as_record(event: Event) -> bytes:
     return orjson.dumps(record)
 
 
-def _withdrawals(steps: list[Step], default_consent: Mapping[str, bool]) -> list[tuple[str, bytes]]:
-    """A ``consent_withdrawn`` record on ``nudge.messages`` for each step that took back a purpose the user had."""
-    records = []
-    for step in steps:
-        if step.before is None or step.after.consent == step.before.consent:
-            continue
-        withdrawn = [
-            purpose
-            for purpose in PURPOSES
-            if granted(step.before, purpose, default_consent) and not granted(step.after, purpose, default_consent)
-        ]
-        if withdrawn:
-            record = {
-                "type": WITHDRAWAL,
-                "userId": step.after.user_id,
-                "purposes": withdrawn,
-                "timestamp": iso_from_ms(step.event.timestamp_ms),
-            }
-            records.append((step.after.user_id, orjson.dumps(record)))
-    return records
+def _withdrawal(before: Profile, after: Profile, at_ms: int, default_consent: Mapping[str, bool]) -> bytes | None:
+    """The ``consent_withdrawn`` record of a change that took back a purpose the user had; ``None`` if it took none."""
+    withdrawn = [
+        purpose
+        for purpose in PURPOSES
+        if granted(before, purpose, default_consent) and not granted(after, purpose, default_consent)
+    ]
+    if not withdrawn:
+        return None
+    record = {"type": WITHDRAWAL, "userId": after.user_id, "purposes": withdrawn, "timestamp": iso_from_ms(at_ms)}
+    return orjson.dumps(record)
 
 
 def decision_record(decision: Decision) -> dict[str, object]:

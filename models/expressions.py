@@ -6,7 +6,8 @@ the text (``ast.parse``, mode ``eval``); only the node types listed in :data:`_A
 no attribute access, no subscript, no comprehension, no lambda and no ``**``. Dotted names such as ``cart.value``
 are one variable name, looked up in the mapping the caller passes, never ``getattr``.
 
-    >>> condition = compile_expression("views > 5 and category in ['shoes', 'bags']", known={"views", "category"})
+    >>> known = {"views": "number", "category": "text"}
+    >>> condition = compile_expression("views > 5 and category in ['shoes', 'bags']", known=known)
     >>> condition.evaluate({"views": 7, "category": "shoes"})
     True
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import ast
 import operator
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,9 +64,11 @@ class Expression:
         return bool(self.evaluate(variables))
 
 
-def compile_expression(source: str, *, known: Mapping[str, VariableType] | Collection[str] | None = None) -> Expression:
+def compile_expression(source: str, *, known: Mapping[str, VariableType] | None = None) -> Expression:
     """Parse and compile ``source``; refuse anything outside the language, names not in ``known``, and conditions
-    that could never hold. When ``known`` maps names to types, a variable compared with the other type is refused too.
+    that could never hold, such as comparing a variable with a value of another type than the one ``known`` gives it.
+
+    Without ``known`` any name is accepted, and only constants have a type to check.
     """
     if not isinstance(source, str):
         raise ExpressionError(f"an expression must be a string, not {type(source).__name__}")
@@ -85,7 +88,7 @@ def compile_expression(source: str, *, known: Mapping[str, VariableType] | Colle
         raise ExpressionError("the expression is not valid text (a lone surrogate)") from None
     names: set[str] = set()
     root = _Compiler(names, known).compile(tree.body, depth=0)
-    _type_of(tree.body, known if isinstance(known, Mapping) else {})
+    _type_of(tree.body, known or {})
     return Expression(source, frozenset(names), root)
 
 
@@ -111,7 +114,7 @@ _CONSTANTS = {"true": True, "false": False, "True": True, "False": False, "null"
 
 
 class _Compiler:
-    def __init__(self, names: set[str], known: Collection[str] | None) -> None:
+    def __init__(self, names: set[str], known: Mapping[str, VariableType] | None) -> None:
         self.names = names
         self.known = known
 
@@ -225,7 +228,7 @@ class _Compiler:
 _NO_VARIABLES: Mapping[str, Value] = {}
 
 # Static types, checked once at compile time: a variable's VariableType, or "null", "list", or None (not known until
-# evaluation: a name ``known`` gives no type).
+# evaluation: a name compiled without ``known``).
 _Type = Literal["number", "text", "null", "list"] | None
 
 

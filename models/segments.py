@@ -61,13 +61,13 @@ def load_segments(
     text: str,
     *,
     source: str,
-    known: Mapping[str, VariableType] | Collection[str],
+    known: Mapping[str, VariableType],
     clock: Collection[str] = (),
 ) -> SegmentSet:
     """Parse and compile a segment file, or raise :class:`SegmentFileError` naming the line at fault.
 
-    ``known``: the variables conditions may name, best with their types (:data:`models.variables.VARIABLES`), so
-    that a comparison with the other type (``revenue >= '500'``) is refused.
+    ``known``: the variables conditions may name, with their types (:data:`models.variables.VARIABLES`), so that a
+    comparison with the other type (``revenue >= '500'``) is refused.
 
     ``clock``: the variables that change with time alone; a condition may only compare them directly with a number
     (see :func:`clock_comparisons`), and those numbers are collected in :attr:`SegmentSet.clock_thresholds` so the
@@ -145,7 +145,7 @@ def _number(node: ast.AST) -> float | None:
 
 
 def _segment(
-    name: str, key: yaml.Node, node: yaml.Node, source: str, known: Collection[str], clock: Collection[str]
+    name: str, key: yaml.Node, node: yaml.Node, source: str, known: Mapping[str, VariableType], clock: Collection[str]
 ) -> tuple[Segment, list[tuple[str, float]]]:
     where = f"{source}:{_line(key)}: segment {name!r}"
     if not name.replace("_", "").replace("-", "").isalnum():

@@ -301,12 +301,12 @@ def _show(value: Any) -> str:
 
 
 def load_triggers(
-    text: str, *, source: str, known: Mapping[str, VariableType] | Collection[str], segments: Collection[str]
+    text: str, *, source: str, known: Mapping[str, VariableType], segments: Collection[str]
 ) -> TriggerSet:
     """Parse and compile a trigger file, or raise :class:`TriggerFileError` naming the line at fault.
 
-    ``known``: the rule variables conditions and templates may name (templates also :data:`TEMPLATE_EXTRAS`), best
-    with their types (:data:`models.variables.VARIABLES`), as :func:`models.segments.load_segments` takes them;
+    ``known``: the rule variables conditions and templates may name (templates also :data:`TEMPLATE_EXTRAS`), with
+    their types (:data:`models.variables.VARIABLES`), as :func:`models.segments.load_segments` takes them;
     ``segments``: the declared segment names ``entered`` may refer to.
     """
     top = _pairs(rulefile.compose(text, source, TriggerFileError), source)
@@ -336,7 +336,7 @@ def _trigger(
     key: yaml.Node,
     node: yaml.Node,
     source: str,
-    known: Mapping[str, VariableType] | Collection[str],
+    known: Mapping[str, VariableType],
     segments: frozenset[str],
 ) -> Trigger:
     where = f"trigger {name!r}"

@@ -9,6 +9,7 @@ import orjson
 
 from app.devstack import DevStack
 from app.partitioning import partition_for
+from app.pipeline import HOPS_KEY, MAX_ALIAS_HOPS
 from app.stack_client import read_topic
 from tests.integration.conftest import get_json, wait_for
 from tests.integration.test_intelligence import decision, track
@@ -78,17 +79,23 @@ async def test_two_ids_are_never_merged_into_each_other(stack: DevStack) -> None
 
     await wait_for(merged, timeout=30, what=f"{anonymous} merged into {user}")
     await track(stack, {"type": "alias", "previousId": user, "userId": anonymous, "messageId": "backwards"})
+    # An event forwarded as often as a cycle formed by a race would forward it.
+    looping = {"anonymousId": anonymous, "event": "Product Viewed", "messageId": "looping"}
+    await track(stack, {**looping, "context": {HOPS_KEY: MAX_ALIAS_HOPS}})
 
-    async def refused() -> list[Any]:
-        return [
-            r
-            for r in await read_topic(stack.broker.bootstrap, "nudge.events.dlq", stack.partitions)
-            if orjson.loads(r.value).get("messageId") == "backwards"
-        ]
+    async def refused() -> dict[str, Any]:
+        records = await read_topic(stack.broker.bootstrap, "nudge.events.dlq", stack.partitions)
+        return {orjson.loads(r.value).get("messageId"): dict(r.headers) for r in records}
 
-    await wait_for(refused, timeout=30, what="the backwards alias dead-lettered")
-    [dead] = await refused()
-    assert b"would make a cycle" in dict(dead.headers)["nudge-reason"]
+    async def both_refused() -> bool:
+        return {"backwards", "looping"} <= (await refused()).keys()
+
+    await wait_for(both_refused, timeout=30, what="the backwards alias and the looping event dead-lettered")
+    dead = await refused()
+    assert b"would make a cycle" in dead["backwards"]["nudge-reason"]
+    assert b"an alias cycle" in dead["looping"]["nudge-reason"]
+    for headers in dead.values():
+        assert headers["nudge-source"].startswith(b"nudge.events/")
     # Both ids' later events land on the known user, once each.
     await track(
         stack,
