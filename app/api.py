@@ -3,7 +3,8 @@
 ``GET /v1/users/{id}/profile`` and ``GET /v1/users/{id}/decision`` are answered by whichever worker owns the user's
 partition: Faust's table routing forwards the request there. ``GET /v1/models`` describes the models of the
 partitions this worker holds. ``GET /metrics`` serves :mod:`app.metrics`. Every route but ``/health`` needs
-``Authorization: Bearer <api key>``.
+``Authorization: Bearer <api key>``. A route that needs Redis (the per-user keys of personal fields) answers 503 with
+the reason and ``Retry-After`` while it is unavailable; the others are unaffected.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 from faust.types import TP
 from faust.web import Request, Response, View
+from redis.exceptions import RedisError
 
 from agents.ingest import offsets, pipeline, read_model, rules
 from app.audit import audit_record, subject
 from app.auth import has_api_key
-from app.collector import key_store, produce, produce_record
+from app.collector import REDIS_RETRY_AFTER_S, key_store, produce, produce_record
 from app.events import iso_from_ms, normalise
 from app.identity import Erase, erase_record
 from app.main import app, audit_topic, events_topic, metrics, settings
@@ -54,6 +56,22 @@ def requires_api_key(handler: Handler) -> Handler:
         return await handler(view, request, *args, **kwargs)
 
     return checked
+
+
+def needs_redis(handler: Handler) -> Handler:
+    """Answer 503 with the reason and ``Retry-After`` when Redis fails the handler: the request can be retried as is
+    once it is back, unlike the 500 an unexpected error gets."""
+
+    @wraps(handler)
+    async def guarded(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(view, request, *args, **kwargs)
+        except RedisError:
+            headers = {"Retry-After": str(REDIS_RETRY_AFTER_S)}
+            message = "personal fields cannot be read or written now: the key store (Redis) is unavailable; retry later"
+            return view.json({"error": message}, status=503, headers=headers)
+
+    return guarded
 
 
 @app.page("/v1/users/{user_id}/profile")
@@ -143,10 +161,12 @@ class Consent(View):
     """``PUT {"categoryPreferences": {"marketing": false, ...}}``: record a user's consent choice.
 
     The choice becomes a ``Consent Updated`` event on ``nudge.events`` (so a replay reproduces it) and applies from
-    that event on. Answers 202 once the broker has it; 400 with the reason for an unknown purpose or a wrong type.
+    that event on. Answers 202 once the broker has it; 400 with the reason for an unknown purpose or a wrong type;
+    503 while Redis is unavailable if ``NUDGE_PERSONAL_FIELDS`` makes a field of that event personal.
     """
 
     @requires_api_key
+    @needs_redis
     async def put(self, request: Request, user_id: str) -> Response:
         try:
             body = orjson.loads(await request.read())
@@ -187,8 +207,11 @@ class Erasure(View):
 @app.page("/v1/users/{user_id}/export")
 @requires_api_key
 @app.table_route(table=profiles, match_info="user_id")
+@needs_redis
 async def get_export(view: View, request: Request, user_id: str) -> Response:
-    """Everything Nudge holds about the user (GDPR Art. 15/20), as one JSON document; the request is audited."""
+    """Everything Nudge holds about the user (GDPR Art. 15/20), as one JSON document; the request is audited.
+
+    Decrypting personal traits needs the user's key from Redis: without it, 503 (:func:`needs_redis`)."""
     now_ms = int(time.time() * 1000)
     profile, insight = profiles.data.get(user_id), insights.data.get(user_id)
     if profile is None and insight is None:

@@ -7,8 +7,8 @@ Nudge just work. Valid events are produced to ``nudge.events`` in batch envelope
 
 Responses: 200 ``{"success": true}`` (a batch also reports ``rejected`` events by index, the first 100 of them, and
 ``rejectedCount``; the good ones are kept); 400 with a reason for malformed JSON or an invalid event; 401 for a
-missing or wrong write key; 413 past 32 KB per event, or 500 KB or 2,500 events per batch; 503 for events with
-personal fields while Redis (which holds their keys) is away.
+missing or wrong write key; 413 past 32 KB per event, or 500 KB or 2,500 events per batch; 503 with ``Retry-After``
+for events with personal fields while Redis (which holds their keys) is away.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from app.pii import encrypt_fields, has_personal_fields
 async def _send(partition: int, value: bytes) -> Any:
     return await app.producer.send(events_topic.get_topic_name(), None, value, partition, None, None)
 
+
+#: The ``Retry-After`` of a 503 for want of Redis: it restarts in seconds (the ``redis-restart`` fault is back in 3).
+REDIS_RETRY_AFTER_S = 5
 
 batcher = PartitionBatcher(_send, linger_s=settings.collector_linger_ms / 1000)
 key_store = KeyStore(Redis.from_url(settings.redis_url or ""), settings.app_id)
@@ -63,7 +66,8 @@ class _CollectorView(View):
         except RedisError:
             # Only events with personal fields need Redis (their user's key), and nothing was produced: retryable.
             message = "personal fields cannot be encrypted now: the key store (Redis) is unavailable; retry later"
-            return self.json({"success": False, "message": message}, status=503)
+            headers = {"Retry-After": str(REDIS_RETRY_AFTER_S)}
+            return self.json({"success": False, "message": message}, status=503, headers=headers)
 
     async def _batch(self, payload: Any, now_ms: int) -> Response:
         accepted, rejected = batch_events(payload, now_ms=now_ms)

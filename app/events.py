@@ -69,17 +69,47 @@ class Event:
         return sid if isinstance(sid, str) and sid else None
 
 
-def normalise(raw: object, *, now_ms: int, default_type: str | None = None) -> dict[str, Any]:
-    """Validate one incoming event and return it ready for the topic, or raise :class:`InvalidEvent`."""
-    return validate(raw, now_ms=now_ms, default_type=default_type)[0]
+def normalise(
+    raw: object,
+    *,
+    now_ms: int,
+    default_type: str | None = None,
+    received: bool = False,
+    batch_sent_at: object = None,
+    position: int = 0,
+) -> dict[str, Any]:
+    """Validate one incoming event and return it ready for the topic, or raise :class:`InvalidEvent`.
+
+    The HTTP edge passes ``received=True`` (``now_ms`` is then the time of receipt) and the ``sentAt`` of a batch
+    body, if any, to have the client's clock corrected, and ``position``, the event's index in its batch: see
+    :func:`validate`.
+    """
+    return validate(
+        raw, now_ms=now_ms, default_type=default_type, received=received, batch_sent_at=batch_sent_at, position=position
+    )[0]
 
 
-def validate(raw: object, *, now_ms: int, default_type: str | None = None) -> tuple[dict[str, Any], int]:
+def validate(
+    raw: object,
+    *,
+    now_ms: int,
+    default_type: str | None = None,
+    received: bool = False,
+    batch_sent_at: object = None,
+    position: int = 0,
+) -> tuple[dict[str, Any], int]:
     """Like :func:`normalise`, also returning the event's timestamp in epoch ms (parsed once, here).
 
     Fills what the Segment API fills for its callers: ``type`` from the endpoint, ``timestamp`` from
-    ``originalTimestamp`` or the time of receipt, a ``messageId`` derived from the content and timestamp when
-    missing (so a retried request is recognised as a duplicate), and ``receivedAt``.
+    ``originalTimestamp`` or the time of receipt, a ``messageId`` derived from the content and the client's timestamp
+    when missing (so a retried request is recognised as a duplicate; ``position``, the event's index in its batch or
+    record, keeps identical events sent without a timestamp in one request apart), and ``receivedAt``.
+
+    With ``received`` (the event has just arrived from its client, at ``now_ms``), a client timestamp sent with a
+    ``sentAt`` (the event's own, else ``batch_sent_at``) is corrected for the client's clock skew as Segment does:
+    ``timestamp = receivedAt - (sentAt - timestamp)``, the client's value kept as ``originalTimestamp``. Only the edge
+    may correct: a record re-read from the topic carries the corrected ``timestamp`` and a ``sentAt`` that must not
+    apply twice, and its ``now_ms`` is not when the client sent it.
     """
     if not isinstance(raw, dict):
         raise InvalidEvent(f"an event must be a JSON object, not {_json_type(raw)}")
@@ -131,22 +161,34 @@ def validate(raw: object, *, now_ms: int, default_type: str | None = None) -> tu
     stamp = event.get("timestamp")
     if stamp is None:
         stamp = event.get("originalTimestamp")
+    sent_at = (batch_sent_at if event.get("sentAt") is None else event["sentAt"]) if received else None
+    sent_at_ms = None if sent_at is None else parse_timestamp(sent_at, field="sentAt")
     if stamp is None:
         timestamp_ms = now_ms
         event["timestamp"] = iso_from_ms(now_ms)
-    else:
+    elif sent_at_ms is None:
         timestamp_ms = event_timestamp(stamp, now_ms=now_ms)
         event["timestamp"] = stamp
+    else:
+        timestamp_ms = skew_corrected(parse_timestamp(stamp, field="timestamp"), sent_at_ms, received_ms=now_ms)
+        event["timestamp"] = iso_from_ms(timestamp_ms)
+        # A client that sent both keeps its own originalTimestamp: nothing it sent is dropped.
+        event.setdefault("originalTimestamp", stamp)
+        event["sentAt"] = sent_at
+    # The clock-skew correction moves with the time of receipt; a retry must not, so the client's own value counts.
+    identity_stamp = event["timestamp"] if stamp is None else stamp
+    if stamp is None and position:
+        identity_stamp = f"{identity_stamp}#{position}"  # without it, two like events in one batch would be one
     if "messageId" in event and event["messageId"] is not None:
         if not isinstance(event["messageId"], str) or not event["messageId"]:
             raise InvalidEvent("messageId must be a non-empty string")
         if len(event["messageId"]) > MAX_ID_LENGTH:
             raise InvalidEvent(f"messageId longer than {MAX_ID_LENGTH} characters")
     else:
-        # Derived from the content and the effective timestamp: a retried request with the same timestamp is
-        # recognised, while two identical events sent without a timestamp stay two events.
+        # Derived from the content and the client's timestamp (else the time of receipt): a retried request with
+        # the same timestamp is recognised, while two identical events sent without a timestamp stay two events.
         try:
-            content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS) + str(event["timestamp"]).encode()
+            content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS) + str(identity_stamp).encode()
         except orjson.JSONEncodeError as error:
             raise InvalidEvent(f"event cannot be encoded as JSON: {error}") from None
         event["messageId"] = "auto-" + hashlib.blake2b(content, digest_size=12).hexdigest()
@@ -235,6 +277,21 @@ def event_timestamp(value: object, *, now_ms: int) -> int:
     if timestamp_ms > now_ms + MAX_FUTURE_SKEW_MS:
         raise InvalidEvent("timestamp is more than 24 h in the future")
     return timestamp_ms
+
+
+def skew_corrected(client_ms: int, sent_at_ms: int, *, received_ms: int) -> int:
+    """The instant an event stamped ``client_ms`` by a client clock that read ``sent_at_ms`` when the request left
+    happened by the server's clock, which received it at ``received_ms``; :class:`InvalidEvent` unless it is from
+    1970 to 9999 and at most :data:`MAX_FUTURE_SKEW_MS` ahead (an event stamped after it was sent)."""
+    corrected_ms = received_ms - (sent_at_ms - client_ms)
+    if not EARLIEST_TIMESTAMP_MS <= corrected_ms <= LATEST_TIMESTAMP_MS:
+        raise InvalidEvent(
+            "timestamp corrected by sentAt (receivedAt - (sentAt - timestamp)) is not between "
+            f"1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: {corrected_ms} ms since 1970"
+        )
+    if corrected_ms > received_ms + MAX_FUTURE_SKEW_MS:
+        raise InvalidEvent("timestamp is more than 24 h after sentAt: corrected, it is more than 24 h in the future")
+    return corrected_ms
 
 
 def parse_timestamp(value: object, *, field: str) -> int:

@@ -19,6 +19,7 @@ import orjson
 from app.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, InvalidEvent, encode_event, normalise
 
 #: The most refused events a batch answer lists (the first ones); ``rejectedCount`` counts them all.
+#: 100: enough reasons for a client to see what it does wrong; the answer to 2,500 refusals stays under 10 KB.
 MAX_LISTED_REJECTIONS = 100
 
 
@@ -68,8 +69,12 @@ def basic_user(header: str) -> str | None:
 
 
 def single_event(payload: Any, *, event_type: str, now_ms: int) -> dict[str, Any]:
-    """The event a ``/v1/<event_type>`` body holds, normalised and known to encode, or :class:`InvalidEvent`."""
-    event = normalise(payload, now_ms=now_ms, default_type=event_type)
+    """The event a ``/v1/<event_type>`` body holds, normalised and known to encode, or :class:`InvalidEvent`.
+
+    Its timestamp is corrected for the client's clock by its ``sentAt`` (:func:`~app.events.validate`); a
+    ``writeKey`` in it is dropped: a secret is never stored.
+    """
+    event = normalise(payload, now_ms=now_ms, default_type=event_type, received=True)
     event.pop("writeKey", None)
     # normalise encodes only events without a messageId; one nested past orjson's 254 levels must be refused here.
     encode_event(event)
@@ -80,7 +85,9 @@ def batch_events(payload: Any, *, now_ms: int) -> tuple[list[dict[str, Any]], li
     """The accepted events of a ``/v1/batch`` body, and ``{"index", "message"}`` for each refused one.
 
     Raises :class:`HttpError` 400 when the body is not an object with a ``batch`` array, 413 when the array holds
-    more than :data:`MAX_BATCH_EVENTS` items.
+    more than :data:`MAX_BATCH_EVENTS` items. The body's ``sentAt`` corrects the timestamps of the items that send
+    none of their own (:func:`~app.events.validate`). Only the items reach the topic, each without its
+    ``writeKey``, and so never the body's: a secret is never stored.
     """
     if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
         raise HttpError(400, 'a batch body must be an object with a "batch" array')
@@ -93,7 +100,9 @@ def batch_events(payload: Any, *, now_ms: int) -> tuple[list[dict[str, Any]], li
         try:
             if len(encode_event(raw)) > MAX_EVENT_BYTES:
                 raise InvalidEvent(f"event is over the {MAX_EVENT_BYTES} byte limit")
-            accepted.append(normalise(raw, now_ms=now_ms))
+            event = normalise(raw, now_ms=now_ms, received=True, batch_sent_at=payload.get("sentAt"), position=index)
+            event.pop("writeKey", None)
+            accepted.append(event)
         except InvalidEvent as error:
             rejected.append({"index": index, "message": str(error)})
     return accepted, rejected

@@ -7,6 +7,7 @@ Every variable is listed in the README.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -31,6 +32,50 @@ _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 _WEB_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+/?$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: Every ``NUDGE_*`` variable :meth:`Settings.from_env` reads (``tests/unit/test_settings.py`` checks the list).
+SETTINGS_VARIABLES = frozenset(
+    {
+        "NUDGE_API_KEYS",
+        "NUDGE_APP_ID",
+        "NUDGE_AUDIT_TOPIC",
+        "NUDGE_CLOCK",
+        "NUDGE_COLLECTOR_LINGER_MS",
+        "NUDGE_CONTENT_FILE",
+        "NUDGE_DATA_DIR",
+        "NUDGE_DEFAULT_CONSENT",
+        "NUDGE_DEMO_STORE",
+        "NUDGE_DLQ_TOPIC",
+        "NUDGE_EMBEDDED_BROKER",
+        "NUDGE_EVENTS_TOPIC",
+        "NUDGE_INTENT_MODEL",
+        "NUDGE_LABEL_HORIZON_S",
+        "NUDGE_LOG_FORMAT",
+        "NUDGE_LOG_LEVEL",
+        "NUDGE_MESSAGES_TOPIC",
+        "NUDGE_NODE_ID",
+        "NUDGE_PARTITIONS",
+        "NUDGE_PERSONAL_FIELDS",
+        "NUDGE_PRODUCER_LINGER_MS",
+        "NUDGE_READ_MODEL_TTL_S",
+        "NUDGE_SECRET",
+        "NUDGE_SEGMENTS_FILE",
+        "NUDGE_SEGMENTS_TOPIC",
+        "NUDGE_SESSION_TIMEOUT_S",
+        "NUDGE_STORE",
+        "NUDGE_TRIGGERS_FILE",
+        "NUDGE_WEB_HOST",
+        "NUDGE_WEB_PORT",
+        "NUDGE_WEB_URL",
+        "NUDGE_WRITE_KEYS",
+        "NUDGE_WS_HOST",
+        "NUDGE_WS_ORIGINS",
+        "NUDGE_WS_PORT",
+    }
+)
+#: ``NUDGE_*`` variables read by the project's tooling, not by :class:`Settings`: the browser tests' Chromium, the fuzz
+#: suite's size, the browser bench's token secret and the command line's default write key. Any other unknown
+#: ``NUDGE_*`` variable is a typo that would silently do nothing, so :meth:`Settings.from_env` refuses it.
+TOOLING_VARIABLES = frozenset({"NUDGE_CHROMIUM", "NUDGE_FUZZ_EXAMPLES", "NUDGE_BENCH_SECRET", "NUDGE_WRITE_KEY"})
 #: Hosts that mean "every interface" to a listener and nothing to a client.
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
 
@@ -102,10 +147,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], role: Role = "worker") -> Settings:
-        """Read every ``KAFKA_*``, ``REDIS_URL`` and ``NUDGE_*`` variable; raise on a malformed one.
+        """Read every ``KAFKA_*``, ``REDIS_URL`` and ``NUDGE_*`` variable; raise on a malformed one, and on a
+        ``NUDGE_*`` one that is neither a setting nor in :data:`TOOLING_VARIABLES` (a typo would do nothing).
 
         ``role`` picks the checks: a gateway needs no collector or API keys.
         """
+        _refuse_unknown_variables(env)
         defaults = cls()
         broker = env.get("KAFKA_BROKER_URL") or None
         values = {
@@ -253,6 +300,18 @@ class Settings:
     @property
     def ws_url(self) -> str:
         return f"http://{self.ws_host}:{self.ws_port}"
+
+
+def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
+    """Raise :class:`SettingsError` for a ``NUDGE_*`` variable that nothing reads, naming the closest known one."""
+    known = SETTINGS_VARIABLES | TOOLING_VARIABLES
+    unknown = sorted(name for name in env if name.startswith("NUDGE_") and name not in known)
+    if not unknown:
+        return
+    # Matched without the prefix every name shares, which would make any two names look alike.
+    close = difflib.get_close_matches(unknown[0].removeprefix("NUDGE_"), [k.removeprefix("NUDGE_") for k in known], n=1)
+    hint = f"did you mean NUDGE_{close[0]}?" if close else "see the README's Configuration section"
+    raise SettingsError(f"{unknown[0]} is not a Nudge setting: {hint}")
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

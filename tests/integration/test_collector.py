@@ -16,7 +16,7 @@ from app.devstack import DevStack
 from app.events import iso_from_ms, parse_timestamp
 from app.simulate import simulate_events
 from tables.profile_view import profile_view
-from tests.integration.conftest import expected_profiles, fetch_profiles, stable, stats, wait_for
+from tests.integration.conftest import expected_profiles, fetch_profiles, read_topic, stable, stats, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,16 @@ async def test_segment_sdk_events_give_exact_profiles(stack: DevStack) -> None:
         return (await stats(stack))["folded"] >= len(events)
 
     await wait_for(all_folded, timeout=60, what="all 10,000 events folded")
-    expected = expected_profiles(events)
+    # The SDK sends each batch with its sentAt, and the collector corrects every timestamp by the client's clock
+    # skew: here by the few milliseconds between sending and receipt. The oracle folds the instants stored.
+    records = await read_topic(stack.broker.bootstrap, "nudge.events", stack.partitions)
+    stored = {e["messageId"]: e for r in records for e in orjson.loads(r.value or b"{}").get("batch", [])}
+    for event in events:
+        kept = stored[event["messageId"]]
+        sent_ms = parse_timestamp(event["timestamp"], field="timestamp")
+        assert parse_timestamp(kept["originalTimestamp"], field="originalTimestamp") == sent_ms
+        assert abs(parse_timestamp(kept["timestamp"], field="timestamp") - sent_ms) < 60_000
+    expected = expected_profiles([{**e, "timestamp": stored[e["messageId"]]["timestamp"]} for e in events])
     actual = await fetch_profiles(stack, expected)
     now_ms = int(time.time() * 1000)
     mismatched = [
@@ -162,3 +171,34 @@ async def test_no_table_is_readable_without_a_key(stack: DevStack) -> None:
         for path in ("/table/", "/router/"):
             async with session.get(f"{stack.http}{path}") as response:
                 assert response.status == 404, path
+
+
+async def test_batch_write_keys_are_never_stored_and_sent_at_corrects_the_client_clock(stack: DevStack) -> None:
+    now_ms = int(time.time() * 1000)
+    ahead_ms = now_ms + 3 * 3600 * 1000  # a client clock 3 h fast, stamping the event 10 s before sending it
+    item = {"type": "track", "userId": "skewed", "event": "Product Viewed", "writeKey": stack.write_key}
+    body = {
+        "writeKey": stack.write_key,  # the only credential: the body's, as Segment allows
+        "sentAt": iso_from_ms(ahead_ms),
+        "batch": [{**item, "timestamp": iso_from_ms(ahead_ms - 10_000)}],
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.http}/v1/batch", data=orjson.dumps(body)) as response,
+    ):
+        assert (response.status, await response.json()) == (200, {"success": True})
+
+    stored: list[dict[str, Any]] = []
+
+    async def produced() -> bool:
+        records = await read_topic(stack.broker.bootstrap, "nudge.events", stack.partitions)
+        assert not any(stack.write_key.encode() in (record.value or b"") for record in records)
+        stored[:] = [e for r in records for e in orjson.loads(r.value or b"{}").get("batch", [])]
+        return bool(stored)
+
+    await wait_for(produced, timeout=10, what="the batch on nudge.events")
+    (event,) = stored
+    assert "writeKey" not in event
+    assert event["originalTimestamp"] == iso_from_ms(ahead_ms - 10_000)
+    skew_ms = parse_timestamp(event["receivedAt"], field="receivedAt") - parse_timestamp(event["timestamp"], field="t")
+    assert skew_ms == 10_000  # receivedAt - (sentAt - timestamp): the 10 s before sending, without the 3 h

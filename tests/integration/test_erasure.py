@@ -202,3 +202,45 @@ async def test_an_erased_user_is_gone_everywhere_with_a_receipt_and_does_not_com
             assert not await redis.exists(f"{stack.app_id}-rebuilt:user:{user}")
         finally:
             await redis.aclose()
+
+
+async def test_without_redis_an_export_is_a_retryable_503_and_the_rest_is_served(tmp_path: Path) -> None:
+    """An export decrypts personal traits with the user's key from Redis: while Redis is away that is a 503 with the
+    reason and ``Retry-After``, not a 500, and requests that need no Redis are answered as before."""
+    async with DevStack(root=tmp_path / "stack", keep_files=True) as stack:
+        user = "export-me"
+        identify = {"userId": user, "traits": {"email": EMAIL, "name": NAME}}
+        async with (
+            aiohttp.ClientSession(auth=aiohttp.BasicAuth(stack.write_key, "")) as session,
+            session.post(f"{stack.http}/v1/identify", json=identify) as response,
+        ):
+            assert response.status == 200
+
+        async def exported() -> bool:
+            status, body = await get_json(f"{stack.http}/v1/users/{user}/export", api_key=stack.api_key)
+            return status == 200 and body["profile"]["traits"].get("email") == EMAIL
+
+        await wait_for(exported, timeout=30, what="an export with the decrypted email")
+        # The same deployment restarted with its Redis out of reach (nothing listens on port 1; the stack's Redis
+        # stays up for everyone else): its tables recover from their changelogs, still holding the encrypted email.
+        stack.nodes[0].stop()
+        cut_off = stack.new_worker(1)
+        cut_off.env["REDIS_URL"] = "redis://127.0.0.1:1/0"
+        cut_off.start()
+        stack.nodes.append(cut_off)
+        await cut_off.wait_ready()
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {stack.api_key}"}) as session:
+            for _ in range(2):  # and again: the worker is not left broken by the first
+                async with session.get(f"{cut_off.url}/v1/users/{user}/export") as response:
+                    body = await response.json()
+                    assert response.status == 503, body
+                    assert response.headers["Retry-After"] == "5"
+                    assert "the key store (Redis) is unavailable; retry later" in body["error"]
+            async with session.get(f"{cut_off.url}/v1/users/{user}/profile") as response:
+                assert response.status == 200
+                assert (await response.json())["traits"]["email"].startswith("enc:v1:")
+            consent = {"categoryPreferences": {"marketing": False}}
+            async with session.put(f"{cut_off.url}/v1/users/{user}/consent", json=consent) as response:
+                assert response.status == 202  # no personal field in a consent event: no key needed
+            async with session.get(f"{cut_off.url}/v1/users/{user}/decision") as response:
+                assert response.status == 200

@@ -444,3 +444,74 @@ def test_categories_nudge_does_not_know_are_kept_not_refused(preferences: dict[s
     """Consent managers state their own categories on every event: refusing them lost all of a site's events."""
     event = normalise(track(context={"consent": {"categoryPreferences": preferences}}), now_ms=NOW_MS)
     assert event["context"]["consent"]["categoryPreferences"] == preferences
+
+
+# --- clock skew: sentAt ----------------------------------------------------------------------------------------
+
+
+def sent(**fields: Any) -> dict[str, Any]:
+    """A track event from a client whose clock runs 2 days ahead: stamped 5 s before it was sent."""
+    ahead = NOW_MS + 48 * HOUR_MS
+    return track(timestamp=iso_from_ms(ahead - 5_000), sentAt=iso_from_ms(ahead), **fields)
+
+
+def test_the_edge_corrects_the_client_clock_by_sent_at_and_keeps_the_client_value() -> None:
+    raw = sent()
+    event = normalise(raw, now_ms=NOW_MS, received=True)
+    assert event["timestamp"] == iso_from_ms(NOW_MS - 5_000)  # receivedAt - (sentAt - timestamp)
+    assert event["originalTimestamp"] == raw["timestamp"]
+    assert event["sentAt"] == raw["sentAt"]
+    assert event["receivedAt"] == NOW_ISO
+    assert to_event(event, now_ms=NOW_MS).timestamp_ms == NOW_MS - 5_000  # ingest reads it as corrected, once
+
+
+def test_a_batch_sent_at_applies_to_items_without_their_own() -> None:
+    raw = track(timestamp=iso_from_ms(NOW_MS - 60_000))
+    event = normalise(raw, now_ms=NOW_MS + 1_000, received=True, batch_sent_at=NOW_ISO)
+    assert event["timestamp"] == iso_from_ms(NOW_MS - 59_000)
+    own = normalise({**raw, "sentAt": iso_from_ms(NOW_MS - 30_000)}, now_ms=NOW_MS, received=True, batch_sent_at="x")
+    assert own["timestamp"] == iso_from_ms(NOW_MS - 30_000)  # the item's own sentAt wins
+
+
+def test_sent_at_is_not_applied_to_a_record_read_from_the_topic() -> None:
+    """Ingest re-validates what the edge corrected: a second correction, from the time of reading, would be wrong."""
+    raw = sent()
+    assert normalise(raw, now_ms=NOW_MS + 48 * HOUR_MS)["timestamp"] == raw["timestamp"]
+    assert refused(raw) == "timestamp is more than 24 h in the future"  # no correction: the raw clock counts
+
+
+def test_a_retried_request_keeps_its_derived_message_id_though_its_correction_moves() -> None:
+    raw = {k: v for k, v in sent().items() if k != "messageId"}
+    first = normalise(raw, now_ms=NOW_MS, received=True)
+    retry = normalise(raw, now_ms=NOW_MS + 30_000, received=True)
+    assert first["timestamp"] != retry["timestamp"]
+    assert first["messageId"] == retry["messageId"]
+    assert first["messageId"] == normalise(raw, now_ms=NOW_MS + 48 * HOUR_MS)["messageId"]  # as without correction
+
+
+@pytest.mark.parametrize(
+    ("sent_at", "reason"),
+    [
+        ("yesterday", "sentAt is not an ISO-8601 date-time: 'yesterday'"),
+        (1_772_366_400, "sentAt must be an ISO-8601 string, not a number"),
+        ("1969-12-31T23:59:59Z", "sentAt must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: "),
+    ],
+)
+def test_an_invalid_sent_at_refuses_the_event_with_the_reason(sent_at: object, reason: str) -> None:
+    assert refused(track(sentAt=sent_at), received=True).startswith(reason)
+    assert refused(track(), received=True, batch_sent_at=sent_at).startswith(reason)
+
+
+def test_a_corrected_timestamp_must_stay_within_1970_and_9999() -> None:
+    raw = track(timestamp="1970-01-01T00:00:00.000Z", sentAt=iso_from_ms(LATEST_TIMESTAMP_MS))
+    assert refused(raw, received=True).startswith(
+        "timestamp corrected by sentAt (receivedAt - (sentAt - timestamp)) is not between 1970-01-01T00:00:00Z and "
+        "9999-12-31T23:59:59.999Z"
+    )
+
+
+def test_an_event_stamped_over_a_day_after_it_was_sent_is_refused() -> None:
+    raw = track(timestamp=iso_from_ms(NOW_MS + 25 * HOUR_MS), sentAt=NOW_ISO)
+    assert refused(raw, received=True) == (
+        "timestamp is more than 24 h after sentAt: corrected, it is more than 24 h in the future"
+    )

@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from app.intake import MAX_BATCH_EVENTS, MAX_LISTED_REJECTIONS, HttpError, batch_answer, batch_events
+from app.events import encode_batch, encode_event, normalise
+from app.intake import MAX_BATCH_EVENTS, MAX_LISTED_REJECTIONS, HttpError, batch_answer, batch_events, single_event
 
 NOW_MS = 1_772_366_400_000  # 2026-03-01T12:00:00Z
 
@@ -53,3 +54,48 @@ def test_the_answer_to_a_batch_of_refusals_only_is_a_bounded_400() -> None:
     assert len(answer["rejected"]) == MAX_LISTED_REJECTIONS
     assert answer["rejectedCount"] == MAX_BATCH_EVENTS
     assert len(orjson.dumps(answer)) < 10_000
+
+
+def test_no_write_key_reaches_the_topic_from_a_single_event_or_a_batch() -> None:
+    secret = "wk-secret-of-the-site"
+    event = single_event({**track(0), "writeKey": secret}, event_type="track", now_ms=NOW_MS)
+    payload = {"writeKey": secret, "batch": [{**track(1), "writeKey": secret}, track(2)]}
+    accepted, rejected = batch_events(payload, now_ms=NOW_MS)
+    assert rejected == [] and len(accepted) == 2
+    record = encode_batch([encode_event(e) for e in [event, *accepted]])  # what the collector produces
+    assert secret.encode() not in record
+
+
+def test_a_batch_sent_at_corrects_its_items_and_an_item_sent_at_wins() -> None:
+    stamped = {**track(0), "timestamp": "2026-03-03T11:59:00.000Z"}  # a client clock 2 days ahead
+    payload = {"sentAt": "2026-03-03T12:00:00.000Z", "batch": [stamped, {**stamped, "sentAt": stamped["timestamp"]}]}
+    (corrected, own), _ = batch_events(payload, now_ms=NOW_MS)
+    assert corrected["timestamp"] == "2026-03-01T11:59:00.000Z"
+    assert corrected["originalTimestamp"] == stamped["timestamp"]
+    assert own["timestamp"] == "2026-03-01T12:00:00.000Z"
+
+
+def test_an_invalid_batch_sent_at_refuses_each_item_with_the_reason() -> None:
+    accepted, rejected = batch_events({"sentAt": "soon", "batch": [track(0), track(1)]}, now_ms=NOW_MS)
+    assert accepted == []
+    assert rejected == [{"index": i, "message": "sentAt is not an ISO-8601 date-time: 'soon'"} for i in (0, 1)]
+
+
+def test_a_retried_batch_is_recognised_though_its_sent_at_and_arrival_moved() -> None:
+    """Segment's SDKs stamp sentAt on every send; a retried batch's events keep their derived messageIds."""
+    item = {"type": "track", "event": "Product Viewed", "userId": "u1", "timestamp": "2026-03-01T11:59:00.000Z"}
+    (first,), _ = batch_events({"sentAt": "2026-03-01T12:00:00.000Z", "batch": [item]}, now_ms=NOW_MS)
+    (retry,), _ = batch_events({"sentAt": "2026-03-01T12:00:30.000Z", "batch": [item]}, now_ms=NOW_MS + 31_000)
+    assert first["messageId"] == retry["messageId"]
+    assert first["messageId"].startswith("auto-")
+
+
+def test_identical_events_without_timestamp_in_one_batch_stay_apart() -> None:
+    """Two clicks sent in one batch with no messageId and no timestamp are two events, not a retry of one."""
+    click = {"type": "track", "event": "Button Clicked", "userId": "u1"}
+    accepted, _ = batch_events(
+        {"batch": [click, click, {**click, "timestamp": "2026-03-01T11:59:00.000Z"}]}, now_ms=NOW_MS
+    )
+    assert len({event["messageId"] for event in accepted[:2]}) == 2
+    # The first keeps the id it had before positions counted, and a timestamp still makes a retry's id stable.
+    assert accepted[0]["messageId"] == normalise(click, now_ms=NOW_MS)["messageId"]

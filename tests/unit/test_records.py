@@ -230,3 +230,16 @@ def test_a_batch_of_many_bad_events_is_dead_lettered_in_a_bounded_number_of_reco
     )
     assert orjson.loads(summary.original) == {"batch": bad[MAX_SEPARATE_REJECTS:]}
     assert (summary.events, plan.rejected) == (left, MAX_BATCH_EVENTS - 1)
+
+
+def test_identical_events_without_timestamp_in_one_record_are_both_folded() -> None:
+    click = {"type": "track", "event": "Button Clicked", "userId": "u1"}
+    plan = split_record(
+        orjson.dumps({"batch": [click, click]}),
+        partition=partition_for("u1", 8),
+        partitions=8,
+        now_ms=NOW_MS,
+        secret=b"s",
+    )
+    assert [event.name for event in plan.by_user["u1"]] == ["Button Clicked", "Button Clicked"]
+    assert len({event.message_id for event in plan.by_user["u1"]}) == 2

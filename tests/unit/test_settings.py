@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import LOG_LEVELS, Settings, SettingsError
+from app.settings import LOG_LEVELS, SETTINGS_VARIABLES, TOOLING_VARIABLES, Settings, SettingsError
 
 REQUIRED = {
     "NUDGE_WRITE_KEYS": "write-key",
@@ -256,3 +256,38 @@ def test_personal_fields_extend_the_built_in_list_and_bad_paths_are_refused() ->
     assert settings.all_personal_fields[-2:] == ("properties.phone", "traits.birthday")
     assert "traits.email" in settings.all_personal_fields
     assert refusal(env(NUDGE_PERSONAL_FIELDS="password")).startswith("NUDGE_PERSONAL_FIELDS: 'password' is not a path")
+
+
+def test_an_unknown_nudge_variable_is_refused_with_the_closest_known_name() -> None:
+    # A typo did nothing before: the worker ran with the default and nobody noticed.
+    reason = "NUDGE_SESSION_TIMEOUT is not a Nudge setting: did you mean NUDGE_SESSION_TIMEOUT_S?"
+    assert refusal(env(NUDGE_SESSION_TIMEOUT="60")) == reason
+    assert refusal(env(NUDGE_ZZZ="1")) == "NUDGE_ZZZ is not a Nudge setting: see the README's Configuration section"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env(NUDGE_PARTITONS="4"), role="gateway")
+    assert str(caught.value) == "NUDGE_PARTITONS is not a Nudge setting: did you mean NUDGE_PARTITIONS?"
+
+
+def test_the_tooling_variables_and_other_prefixes_are_allowed() -> None:
+    tooling_names = {"NUDGE_CHROMIUM", "NUDGE_FUZZ_EXAMPLES", "NUDGE_BENCH_SECRET", "NUDGE_WRITE_KEY"}
+    assert tooling_names == TOOLING_VARIABLES
+    tooling = {name: "x" for name in TOOLING_VARIABLES}
+    assert Settings.from_env({**REQUIRED, **tooling, "PATH": "/bin", "NUDGEX": "1"}) == Settings.from_env(REQUIRED)
+
+
+class _Asked(dict[str, str]):
+    """An environment that records every variable looked up in it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def test_settings_variables_is_exactly_what_from_env_reads() -> None:
+    recorder = _Asked(REQUIRED)
+    Settings.from_env(recorder)
+    assert {name for name in recorder.asked if name.startswith("NUDGE_")} == SETTINGS_VARIABLES
