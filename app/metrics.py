@@ -63,6 +63,9 @@ Gateway (:func:`gateway_registry`)
 ``nudge_deliverer_batches_total``      counter                         batches delivered (one Redis round trip pair)
 ``nudge_decisions_not_pushed_total``   counter    ``reason``           ``suppressed``, ``stale`` (older than the
                                                                        inbox TTL), ``malformed``
+``nudge_inbox_entries_skipped_total``  counter    ``reason``           damaged Redis inbox entries skipped when an
+                                                                       inbox is read (each read of one counts):
+                                                                       ``not_json``, ``shape``
 ``nudge_deliverer_partitions``         gauge                           ``nudge.messages`` partitions delivered here
 ``nudge_deliverer_lag``                gauge      ``partition``        decision records of ``nudge.messages`` not
                                                                        delivered yet, per partition delivered here:
@@ -180,6 +183,8 @@ class GatewayReading:
     partitions: int
     #: Partition of ``nudge.messages`` -> records not delivered yet (:func:`consumer_lag`).
     lag: Mapping[int, int]
+    #: Reason -> damaged inbox entries skipped (``ws.delivery.INBOX_SKIP_REASONS``, each present even at 0).
+    inbox_skipped: Mapping[str, int]
 
 
 class WorkerMetrics:
@@ -269,6 +274,11 @@ def gateway_families(reading: GatewayReading) -> list[Metric]:
         ("malformed", reading.malformed),
     ):
         not_pushed.add_metric((reason,), count)
+    skipped = CounterMetricFamily(
+        "nudge_inbox_entries_skipped", "Damaged inbox entries skipped when reading an inbox.", labels=("reason",)
+    )
+    for reason, count in sorted(reading.inbox_skipped.items()):
+        skipped.add_metric((reason,), count)
     lag = GaugeMetricFamily(
         "nudge_deliverer_lag", "Records of nudge.messages not delivered yet, per partition.", labels=("partition",)
     )
@@ -286,6 +296,7 @@ def gateway_families(reading: GatewayReading) -> list[Metric]:
         _counter("nudge_node_publishes", "Publishes to the nodes holding the sockets.", reading.published),
         _counter("nudge_deliverer_batches", "Batches of decisions delivered.", reading.batches),
         not_pushed,
+        skipped,
         GaugeMetricFamily(
             "nudge_deliverer_partitions", "nudge.messages partitions delivered here.", value=reading.partitions
         ),

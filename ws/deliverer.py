@@ -7,8 +7,9 @@ commits the batch's offsets. A crash in between redelivers the batch: at least o
 drop repeats by message id. If Redis is away it retries the same batch with backoff instead of moving on.
 
 Suppressed decisions (holdout, consent, cap, cooldown) are on the topic for the record and are not pushed. A
-``consent_withdrawn`` record takes back the user's messages of those purposes that were not shown yet, in the batch
-and in the inbox (:func:`ws.delivery.apply_withdrawals`). A decision
+``consent_withdrawn`` record takes back the user's messages of those purposes: those not shown yet, in the batch
+(:func:`ws.delivery.apply_withdrawals`) and in the inbox, and those on screen, through the nodes holding the user's
+sockets (:func:`ws.delivery.withdraw`). A decision
 older than the inbox TTL is not pushed either: the shopper has long moved on. Records that are not decision records
 are logged and skipped; they cannot stop delivery for everyone else.
 """

@@ -7,7 +7,8 @@ Key schema (``<prefix>`` is ``NUDGE_APP_ID``)::
                                         live forever
     <prefix>:presence:<user id>   SET   ids of the gateway nodes holding a socket of the user; expires ttl_s after
                                         the node last refreshed it, so a crashed node drops out by itself
-    <prefix>:node:<node id>       pub/sub channel the node subscribes to: {"user", "id", "payload"} (JSON)
+    <prefix>:node:<node id>       pub/sub channel the node subscribes to: {"user", "id", "payload"} (JSON), a
+                                  message to push; or {"type": "withdrawn", "user", "purposes"}, a withdrawal
 
 :func:`deliver` writes the inbox (and reads presence) first and publishes second, while a gateway records presence
 first and reads the inbox second: so whichever comes first, a connecting browser gets the message, from its inbox or
@@ -16,16 +17,20 @@ over the channel, and the hub (:mod:`ws.protocol`) sends it once per tab; the br
 
 A user who withdraws consent for a purpose must not be shown a message that needs it, even one decided before: the
 worker puts a ``consent_withdrawn`` record on ``nudge.messages`` after the user's decisions, and the deliverer, which
-reads a user's records in order, drops the batch's earlier messages of that purpose (:func:`apply_withdrawals`) and
-removes those waiting in the inbox (:func:`withdraw`).
+reads a user's records in order, drops the batch's earlier messages of that purpose (:func:`apply_withdrawals`),
+removes those waiting in the inbox and publishes the withdrawal to the nodes holding the user's sockets, which take
+the pop-ups already on screen back (:func:`withdraw`).
+
+An inbox entry that cannot be read is skipped (:func:`inbox`) with one of :data:`INBOX_SKIP_REASONS`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from redis.asyncio import Redis
@@ -37,6 +42,10 @@ log = logging.getLogger(__name__)
 DEFAULT_INBOX_TTL_S = 86_400
 #: The ``type`` of a ``nudge.messages`` record that takes back the user's messages of some purposes.
 WITHDRAWAL = "consent_withdrawn"
+#: The ``type`` of a publish on a node channel that takes back the user's messages of some purposes.
+WITHDRAWN: Final = "withdrawn"
+#: Why an inbox entry was skipped: ``not_json``, or ``shape`` (JSON, but not the object :func:`deliver` writes).
+INBOX_SKIP_REASONS: Final = ("not_json", "shape")
 DEFAULT_PRESENCE_TTL_S = 30
 
 
@@ -114,29 +123,38 @@ async def deliver(
     return published
 
 
-async def inbox(redis: Redis, prefix: str, user_id: str) -> list[tuple[str, dict[str, Any]]]:
+async def inbox(
+    redis: Redis, prefix: str, user_id: str, *, skipped: Counter[str] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     """The user's unacknowledged messages, oldest first, as ``(message id, payload)``.
 
     An entry that cannot be read (not JSON, or without the fields :func:`deliver` writes) is skipped with a warning
-    and left to expire with the inbox: one damaged entry must not keep the user's sockets from opening.
+    each and left to expire with the inbox: one damaged entry must not keep the user's sockets from opening. Pass
+    ``skipped`` to have each skip counted there by its reason (one of :data:`INBOX_SKIP_REASONS`); an entry is
+    skipped again on every read until it expires.
     """
-    entries = [_inbox_entry(user_id, raw) for raw in (await redis.hgetall(inbox_key(prefix, user_id))).values()]
-    readable = [entry for entry in entries if entry is not None]
-    if len(readable) < len(entries):
+    readable = []
+    for raw in (await redis.hgetall(inbox_key(prefix, user_id))).values():
+        entry = _inbox_entry(user_id, raw)
+        if isinstance(entry, Outgoing):
+            readable.append(entry)
+            continue
         # Without the user id: it is personal data, and the warning repeats on each of the user's connections.
-        log.warning("skipped %d unreadable inbox entries of a user", len(entries) - len(readable))
+        log.warning("skipped an unreadable inbox entry of a user: %s", entry)
+        if skipped is not None:
+            skipped[entry] += 1
     readable.sort(key=lambda entry: (entry.at_ms, entry.message_id))
     return [(entry.message_id, entry.payload) for entry in readable]
 
 
-def _inbox_entry(user_id: str, raw: bytes | str) -> Outgoing | None:
-    """The message an inbox entry holds, or ``None`` if it is not one :func:`deliver` wrote."""
+def _inbox_entry(user_id: str, raw: bytes | str) -> Outgoing | str:
+    """The message an inbox entry holds or, if it is not one :func:`deliver` wrote, why (an ``INBOX_SKIP_REASONS``)."""
     try:
         entry = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None
+        return "not_json"
     if not isinstance(entry, dict):
-        return None
+        return "shape"
     at_ms, message_id, payload, consent = (
         entry.get("at_ms"),
         entry.get("id"),
@@ -144,7 +162,7 @@ def _inbox_entry(user_id: str, raw: bytes | str) -> Outgoing | None:
         entry.get("consent"),
     )
     if type(at_ms) is not int or not isinstance(message_id, str) or not isinstance(payload, dict):
-        return None
+        return "shape"
     return Outgoing(user_id, message_id, payload, at_ms, consent if isinstance(consent, str) else None)
 
 
@@ -170,18 +188,57 @@ async def absent(redis: Redis, prefix: str, user_id: str, node_id: str) -> None:
 
 
 async def withdraw(redis: Redis, prefix: str, withdrawals: Sequence[Withdrawal]) -> int:
-    """Remove from the users' inboxes the messages each withdrawal covers; returns how many were removed."""
-    removed = 0
-    for withdrawal in withdrawals:
-        key = inbox_key(prefix, withdrawal.user_id)
-        covered = []
-        for field, raw in (await redis.hgetall(key)).items():
-            entry = _inbox_entry(withdrawal.user_id, raw)
-            if entry is None or withdrawal.covers(entry):  # an unreadable entry is not shown anyway
-                covered.append(field)
-        if covered:
-            removed += await redis.hdel(key, *covered)
-    return removed
+    """Take back the messages each withdrawal covers: remove them from the users' inboxes, then publish the withdrawal
+    to every node holding a socket of the user, which tells the user's tabs (:meth:`ws.protocol.Hub.withdraw`).
+
+    Returns how many inbox entries were removed. One round trip reads the inboxes, a second removes the covered
+    entries and then reads presence, and a third, only if someone is online, publishes: so a tab that opens meanwhile
+    either reads its inbox after the removal or is present in time to be told. Withdrawing again removes nothing
+    more.
+    """
+    if not withdrawals:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for withdrawal in withdrawals:
+            pipe.hgetall(inbox_key(prefix, withdrawal.user_id))
+        inboxes = await pipe.execute()
+    # Where the next pipeline's HDEL and SMEMBERS replies are: a user with nothing to remove has no HDEL.
+    hdel_replies: list[int] = []
+    presence_replies: list[int] = []
+    async with redis.pipeline(transaction=False) as pipe:
+        for withdrawal, entries in zip(withdrawals, inboxes, strict=True):
+            covered = _covered(withdrawal, entries)
+            if covered:
+                hdel_replies.append(len(pipe))
+                pipe.hdel(inbox_key(prefix, withdrawal.user_id), *covered)
+            presence_replies.append(len(pipe))
+            pipe.smembers(presence_key(prefix, withdrawal.user_id))
+        replies = await pipe.execute()
+    removed = sum(replies[index] for index in hdel_replies)
+    presences = [replies[index] for index in presence_replies]
+    published = 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for withdrawal, nodes in zip(withdrawals, presences, strict=True):
+            text = orjson.dumps(
+                {"type": WITHDRAWN, "user": withdrawal.user_id, "purposes": sorted(withdrawal.purposes)}
+            )
+            for node in sorted(n.decode() if isinstance(n, bytes) else n for n in nodes):
+                pipe.publish(channel(prefix, node), text)
+                published += 1
+        if published:
+            await pipe.execute()
+    return int(removed)
+
+
+def _covered(withdrawal: Withdrawal, entries: Mapping[bytes | str, bytes | str]) -> list[bytes | str]:
+    """The fields of the user's inbox ``entries`` that ``withdrawal`` takes back."""
+    covered = []
+    for field, raw in entries.items():
+        entry = _inbox_entry(withdrawal.user_id, raw)
+        # An unreadable entry is not shown anyway: it goes too.
+        if not isinstance(entry, Outgoing) or withdrawal.covers(entry):
+            covered.append(field)
+    return covered
 
 
 def apply_withdrawals(records: Iterable[Outgoing | Withdrawal]) -> tuple[list[Outgoing], list[Withdrawal]]:
@@ -235,7 +292,11 @@ def outgoing(raw: bytes) -> Outgoing | Withdrawal | None:
         "timestamp": record["timestamp"],
     }
     consent = record.get("consent")
-    return Outgoing(user_id, message_id, payload, at_ms, consent if isinstance(consent, str) else None)
+    purpose = consent if isinstance(consent, str) else None
+    if purpose is not None:
+        # In the payload too: the browser takes the pop-ups of a withdrawn purpose off the screen (ws.protocol).
+        payload["consent"] = purpose
+    return Outgoing(user_id, message_id, payload, at_ms, purpose)
 
 
 def _withdrawal(record: dict[str, Any]) -> Withdrawal:

@@ -15,6 +15,10 @@ effects, in order, that the shell must carry out:
 - :class:`Acked`: delete ``message_id`` from ``user_id``'s Redis inbox. It is issued once per (user, message) however
   many tabs ack it.
 
+A user who withdraws consent for a purpose takes back their messages of that purpose: the shell removes those still
+in the inbox (:func:`ws.delivery.withdraw`) and calls :meth:`Hub.withdraw` on the node holding the user's sockets,
+whose :class:`Send` effects tell each of the user's tabs to take the pop-ups of that purpose off the screen.
+
 Delivery is at least once. A push reaches the user's open connections now; the Redis inbox, written by the shell
 before it calls :meth:`Hub.push`, keeps the message for connections that open later, and a message a tab has seen is
 not sent to that tab again. The browser SDK still drops duplicate ids, since messages can outlive what the hub
@@ -31,6 +35,11 @@ and the hub answers with ``{"type": "message", "id": "<message id>", "payload": 
 for each track or consent event once the broker stored it, ``{"type": "stored", "id": "<its messageId>"}``. The SDK
 keeps an event until that receipt and sends it again on its next connection if the socket closes first, so a
 gateway killed with events in its buffers loses none; the worker skips a second copy by its ``messageId``.
+
+A message's ``payload`` names the purpose it needs (``"consent": "marketing"``; absent in messages decided before
+decision records said it). When the user withdraws consent, each of their tabs gets
+``{"type": "withdrawn", "purposes": ["marketing", ...]}``: the SDK removes the pop-ups it shows of those purposes, and
+of no stated purpose, and does not ack them; pop-ups of the other purposes stay.
 Anything else closes that connection only, with one of the ``CLOSE_*`` codes below; it never raises.
 """
 
@@ -232,6 +241,25 @@ class Hub:
                 effects.append(Send(conn_id, text))
         self._track_unacked(user_id, user, message_id)
         return effects
+
+    def withdraw(self, user_id: str, purposes: Iterable[str]) -> list[Effect]:
+        """The user withdrew consent for ``purposes``: tell each of their open connections to take those pop-ups back.
+
+        Returns one :class:`Send` per connection of ``user_id`` (``[]`` when they have none: what waits in the inbox
+        is the shell's to remove, with :func:`ws.delivery.withdraw`). Other users' connections get nothing. A tab
+        does not ack a message it took back: the hub forgets it as it forgets any unacked message, and the inbox no
+        longer holds it. ``purposes`` come from our own topic: anything but names is a :class:`TypeError`.
+        """
+        if isinstance(purposes, str):
+            raise TypeError(f"purposes must be a collection of names, not the string {purposes!r}")
+        listed = sorted(purposes)
+        if not all(isinstance(purpose, str) for purpose in listed):
+            raise TypeError(f"purposes must be names, not {listed!r}")
+        user = self._users.get(user_id)
+        if user is None:
+            return []
+        text = orjson.dumps({"type": "withdrawn", "purposes": listed}).decode()
+        return [Send(conn_id, text) for conn_id in user.connections]
 
     def replay(self, conn_id: int, pending: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Effect]:
         """Send a newly opened connection its user's inbox, ``(message id, payload)`` pairs oldest first.

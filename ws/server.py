@@ -5,7 +5,8 @@ One gateway process (``nudge gateway``, Procfile ``ws``) runs four loops on one 
 - the ``websockets`` server: HTTP requests go to :class:`~ws.routes.Routes` (token check, SDK, demo store); each
   accepted socket is registered with the hub, recorded in Redis presence, sent its inbox, then its frames are fed to
   the hub until it closes, or until its token expires (closed with 4001);
-- the node channel: messages published to this node (``<prefix>:node:<node id>``) are pushed through the hub;
+- the node channel: messages published to this node (``<prefix>:node:<node id>``) are pushed through the hub, and
+  consent withdrawals published to it are passed to the hub, which tells the user's tabs to take those pop-ups back;
 - the deliverer (:mod:`ws.deliverer`): ``nudge.messages`` -> Redis inboxes -> the channels of the nodes holding the
   users' sockets (this node or another);
 - presence upkeep: every few seconds this node re-marks its online users, so presence expires by itself if the
@@ -30,6 +31,7 @@ import os
 import socket
 import time
 import weakref
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -121,7 +123,17 @@ class Gateway:
         self._store_slots: dict[int, asyncio.Semaphore] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.counts = {"opened": 0, "refused": 0, "pushed": 0, "acked": 0, "tracked": 0, "dropped_slow": 0}
+        self.counts = {
+            "opened": 0,
+            "refused": 0,
+            "pushed": 0,
+            "acked": 0,
+            "tracked": 0,
+            "dropped_slow": 0,
+            "withdrawals_sent": 0,
+        }
+        #: Damaged inbox entries skipped on reading an inbox, by reason (:data:`ws.delivery.INBOX_SKIP_REASONS`).
+        self.inbox_skipped: Counter[str] = Counter()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -150,6 +162,7 @@ class Gateway:
             malformed=delivered["malformed"],
             partitions=self.deliverer.partitions,
             lag=self.deliverer.lag(),
+            inbox_skipped={reason: self.inbox_skipped[reason] for reason in delivery.INBOX_SKIP_REASONS},
         )
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
@@ -240,7 +253,7 @@ class Gateway:
             # Presence before the inbox read; the deliverer writes the inbox before it reads presence. So a message
             # racing this connection is found by one or the other (and the hub sends it once).
             await delivery.present(self.redis, self.prefix, [user_id], self.node_id)
-            pending = await delivery.inbox(self.redis, self.prefix, user_id)
+            pending = await delivery.inbox(self.redis, self.prefix, user_id, skipped=self.inbox_skipped)
             self.counts["pushed"] += await self.carry_out(self.hub.replay(conn_id, pending))
             async for frame in connection:
                 await self.carry_out(self.hub.received(conn_id, frame, time.time()))
@@ -328,7 +341,7 @@ class Gateway:
         return True
 
     async def _listen(self, pubsub: Any) -> None:
-        """Push what the deliverers publish to this node.
+        """Push what the deliverers publish to this node, and pass on the withdrawals they publish.
 
         If Redis goes away, listen again with backoff until it is back: the client then subscribes again by itself,
         and once the channel is confirmed, the online users' inboxes are sent (see :meth:`_resend_inboxes`).
@@ -345,11 +358,16 @@ class Gateway:
                         continue
                     try:
                         published = orjson.loads(message["data"])
-                        effects = self.hub.push(published["user"], published["id"], published["payload"])
-                    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+                        withdrawal = published.get("type") == delivery.WITHDRAWN
+                        if withdrawal:
+                            effects = self.hub.withdraw(published["user"], published["purposes"])
+                        else:
+                            effects = self.hub.push(published["user"], published["id"], published["payload"])
+                    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
                         log.warning("ignoring a malformed publish on the node channel: %s", error)
                         continue
-                    self.counts["pushed"] += await self.carry_out(effects)
+                    written = await self.carry_out(effects)
+                    self.counts["withdrawals_sent" if withdrawal else "pushed"] += written
             except (RedisError, OSError) as error:
                 lost = True
                 log.warning("node channel lost, listening again in %.1f s: %s", backoff, error)
@@ -368,7 +386,7 @@ class Gateway:
             return
         await delivery.present(self.redis, self.prefix, users, self.node_id)
         for user_id in users:
-            pending = await delivery.inbox(self.redis, self.prefix, user_id)
+            pending = await delivery.inbox(self.redis, self.prefix, user_id, skipped=self.inbox_skipped)
             for conn_id in self.hub.connections(user_id):
                 self.counts["pushed"] += await self.carry_out(self.hub.replay(conn_id, pending))
         log.info("node channel back: sent the inboxes of %d online users", len(users))

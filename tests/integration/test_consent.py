@@ -75,7 +75,10 @@ async def test_marketing_needs_consent_which_the_sdk_grants_and_the_api_withdraw
                 ("help_offer", "sent"),
                 ("cart_idle", "consent"),
             ]
-            assert [m["id"] for m in await ann.drain()] == [pushed["id"]]  # nothing after the withdrawal
+            # Nothing after the withdrawal, which reaches her open tab to take the pop-up back.
+            withdrawn = {"type": "withdrawn", "purposes": ["marketing"]}
+            assert await ann.wait_for_messages(2) == [pushed, withdrawn]
+            assert await ann.drain() == [pushed, withdrawn]
         _, profile = await get_json(f"{stack.http}/v1/users/ann/profile", api_key=stack.api_key)
         assert profile["consent"] == {"marketing": False}
 
@@ -120,6 +123,38 @@ async def test_a_withdrawal_takes_back_the_messages_of_that_purpose_still_waitin
             await redis.aclose()
         async with tab(stack.gateway, token) as ann:
             assert [m["id"] for m in await ann.drain()] == [tip["id"]]
+
+
+async def test_a_refusal_brought_by_a_merge_takes_back_the_waiting_messages_of_that_purpose(tmp_path: Path) -> None:
+    # Ann agreed to marketing (the default) and has an offer waiting. Before signing in, her visitor id refused
+    # marketing; signing in merges the two, the refusal stands, so the offer must not be shown, and the change of
+    # consent is audited as the merge's.
+    env = {**rule_files(tmp_path, triggers=TRIGGERS), "NUDGE_DEFAULT_CONSENT": "analytics,personalization,marketing"}
+    async with DevStack(root=tmp_path / "stack", keep_files=True, extra_env=env) as stack:
+        token = await token_for(stack, "ann")
+        async with tab(stack.gateway, token) as ann:
+            await ann.socket.close()  # presence gone: what is decided now waits in her inbox
+        await track(stack, {"userId": "ann", "event": "Help Wanted"})
+        assert await outcomes(stack, "ann", 1) == [("help_offer", "sent")]
+        redis = Redis.from_url(stack.redis.url)
+        try:
+            await wait_for(lambda: _inbox_holds(redis, stack, 1), timeout=20, what="the offer in ann's inbox")
+            refused = {"consent": {"categoryPreferences": {"marketing": False}}}
+            await track(stack, {"anonymousId": "visitor-7", "event": "Page Viewed", "context": refused})
+            await track(stack, {"userId": "ann", "anonymousId": "visitor-7", "event": "Signed In"})
+            await wait_for(lambda: _inbox_holds(redis, stack, 0), timeout=20, what="the offer taken back")
+        finally:
+            await redis.aclose()
+        _, profile = await get_json(f"{stack.http}/v1/users/ann/profile", api_key=stack.api_key)
+        assert profile["consent"]["marketing"] is False
+        async with tab(stack.gateway, token) as ann:
+            assert await ann.drain() == []
+
+        async def merge_audited() -> bool:
+            records = await topic_records(stack, "nudge.audit")
+            return any(r["action"] == "consent_applied" and r["by"] == "event:merge" for r in records)
+
+        await wait_for(merge_audited, timeout=20, what="the merge's consent change audited")
 
 
 async def _inbox_holds(redis: Redis, stack: DevStack, count: int) -> bool:

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from app.devstack import DevStack, EmbeddedRedis
 from app.events import iso_from_ms
@@ -25,6 +26,7 @@ from tests.integration.conftest import wait_for
 from tests.integration.test_consent import outcomes
 from tests.integration.test_gateway import tab, token_for
 from tests.integration.test_intelligence import rule_files
+from ws.delivery import inbox_key
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +186,29 @@ async def test_metrics_count_what_was_sent_and_need_the_api_key(tmp_path: Path) 
         lines = [orjson.loads(line) for line in (tmp_path / "stack" / log).read_text().splitlines() if line.strip()]
         assert lines, log
         assert all({"ts", "level", "logger", "message", "process"} <= set(line) for line in lines), log
+
+
+async def test_damaged_inbox_entries_a_socket_skips_are_counted_by_reason(tmp_path: Path) -> None:
+    user = "shopper-with-a-damaged-inbox"
+    async with DevStack(root=tmp_path / "stack", keep_files=True, extra_env=rule_files(tmp_path)) as stack:
+        redis = Redis.from_url(stack.redis.url)
+        try:
+            damaged = {"bad-1": "not json", "bad-2": "[]", "bad-3": '{"id": "bad-3"}'}
+            await redis.hset(inbox_key(stack.app_id, user), mapping=damaged)
+        finally:
+            await redis.aclose()
+        at_start = await samples(stack.gateway.url, stack.api_key)
+        assert value(at_start, "nudge_inbox_entries_skipped_total", reason="not_json") == 0
+
+        async with tab(stack.gateway, await token_for(stack, user)) as shopper:
+            assert await shopper.drain() == []  # the pong comes after the inbox was read and sent: nothing readable
+
+        at_gateway = await samples(stack.gateway.url, stack.api_key)
+        assert value(at_gateway, "nudge_inbox_entries_skipped_total", reason="not_json") == 1
+        assert value(at_gateway, "nudge_inbox_entries_skipped_total", reason="shape") == 2
+    gateway_log = (tmp_path / "stack" / "gateway-0.log").read_text()
+    assert gateway_log.count("skipped an unreadable inbox entry of a user") == 3
+    assert user not in gateway_log
 
 
 def deliverer_lag(at_gateway: Samples) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """A shopper's consent withdrawal, made in a real browser with the real SDK, reaches the worker's profile even when the
 tab cannot send it at once: track events made after it while the socket is still connecting do not push it out, and
-a tab the gateway refuses (one tab too many) hands it to the shopper's other tabs."""
+a tab the gateway refuses (one tab too many) hands it to the shopper's other tabs. Once applied, it takes the pop-ups
+of that purpose off the shopper's screen, and only theirs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.devstack import DevStack
 from tests.integration.browser import launch_browser
 from tests.integration.conftest import get_json, wait_for
 from tests.integration.test_browser import open_store
+from tests.integration.test_intelligence import rule_files
 
 pytestmark = pytest.mark.integration
 
@@ -21,6 +23,18 @@ pytestmark = pytest.mark.integration
 TRACKS_AFTER_EACH_CONSENT = 60
 QUEUED_TRACKS_KEPT = 100
 TABS_PER_USER = 5  # the gateway's max_connections_per_user: one more tab is refused with 4009
+TRIGGERS = """\
+cap_per_user_per_day: 50
+triggers:
+  help_offer:
+    when: {event: Help Wanted}
+    message: {title: "Need a hand?"}
+    consent: marketing
+  tip:
+    when: {event: Tip Wanted}
+    message: {title: "A tip"}
+    consent: personalization
+"""
 
 
 async def shop_context(browser: Browser) -> BrowserContext:
@@ -93,3 +107,29 @@ async def test_a_withdrawal_made_in_a_refused_tab_is_sent_by_the_shoppers_other_
             return (await profile(stack, user)).get("consent") == {"marketing": False}
 
         await wait_for(withdrawn, timeout=20, what="the withdrawal made in the refused tab")
+
+
+async def test_a_withdrawal_takes_that_purposes_pop_ups_off_the_shoppers_screen_and_no_one_elses(tmp_path: Any) -> None:
+    env = {**rule_files(tmp_path, triggers=TRIGGERS), "NUDGE_DEFAULT_CONSENT": "analytics,personalization,marketing"}
+    withdrawing, other = "demo-withdrawing-on-screen", "demo-agreeing-on-screen"
+    async with (
+        DevStack(root=tmp_path / "stack", keep_files=True, extra_env=env) as stack,
+        launch_browser() as browser,
+    ):
+        page = await (await shop_context(browser)).new_page()
+        other_page = await (await shop_context(browser)).new_page()
+        await open_store(page, stack, withdrawing)
+        await open_store(other_page, stack, other)
+        await page.evaluate("() => ['Tip Wanted', 'Help Wanted'].forEach((e) => window.demoStore.client.track(e, {}))")
+        await other_page.evaluate("() => window.demoStore.client.track('Help Wanted', {})")
+        offer, tip = page.locator("[data-trigger=help_offer]"), page.locator("[data-trigger=tip]")
+        others_offer = other_page.locator("[data-trigger=help_offer]")
+        for popup in (offer, tip, others_offer):
+            await expect(popup).to_be_visible(timeout=20_000)
+        await expect(offer).to_have_attribute("data-consent", "marketing")
+
+        await page.evaluate("() => window.demoStore.client.consent({marketing: false})")
+
+        await expect(offer).to_have_count(0, timeout=20_000)
+        await expect(tip).to_be_visible()  # personalization, still allowed
+        await expect(others_offer).to_be_visible()  # another shopper's marketing pop-up

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -85,10 +86,17 @@ async def test_damaged_inbox_entries_are_skipped_and_the_rest_delivered(
         "x": "[]",
     }
     await client.hset(inbox_key(prefix, "ann"), mapping=damaged)
+    skipped: Counter[str] = Counter()
     with caplog.at_level(logging.WARNING, logger="ws.delivery"):
-        assert await inbox(client, prefix, "ann") == [("m1", {}), ("m2", {"title": "second"})]
-    [warning] = caplog.records
-    assert warning.getMessage() == "skipped 4 unreadable inbox entries of a user"
+        assert await inbox(client, prefix, "ann", skipped=skipped) == [("m1", {}), ("m2", {"title": "second"})]
+    assert skipped == {"not_json": 1, "shape": 3}
+    # One warning per skip, without the user id.
+    assert sorted(record.getMessage() for record in caplog.records) == [
+        "skipped an unreadable inbox entry of a user: not_json",
+        *["skipped an unreadable inbox entry of a user: shape"] * 3,
+    ]
+    assert await inbox(client, prefix, "ann", skipped=skipped) == [("m1", {}), ("m2", {"title": "second"})]
+    assert skipped == {"not_json": 2, "shape": 6}  # still there: skipped on every read until the inbox expires
 
 
 async def test_a_withdrawal_empties_the_inbox_of_that_purpose_only(redis: tuple[Redis, str]) -> None:
@@ -106,3 +114,60 @@ async def test_a_withdrawal_empties_the_inbox_of_that_purpose_only(redis: tuple[
     assert await inbox(client, prefix, "ann") == [("tip", {"title": "tip"})]
     assert await inbox(client, prefix, "bob") == [("offer-b", {"title": "offer"})]
     assert await withdraw(client, prefix, [Withdrawal("ann", frozenset({"marketing"}))]) == 0  # again: nothing
+
+
+async def test_a_withdrawal_is_published_to_the_nodes_holding_that_users_sockets_only(
+    redis: tuple[Redis, str],
+) -> None:
+    client, prefix = redis
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel(prefix, "node-a"), channel(prefix, "node-b"))
+    await present(client, prefix, ["ann"], "node-a", ttl_s=30)
+    await present(client, prefix, ["bob"], "node-b", ttl_s=30)
+    await deliver(client, prefix, [Outgoing("ann", "offer", {"title": "offer"}, 1, "marketing")])
+
+    assert await withdraw(client, prefix, [Withdrawal("ann", frozenset({"personalization", "marketing"}))]) == 1
+
+    async def publishes(count: int) -> list[tuple[str, dict[str, Any]]]:
+        received = []
+        while len(received) < count:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None:
+                received.append((message["channel"].decode().rsplit(":", 1)[1], orjson.loads(message["data"])))
+        return received
+
+    # The offer's publish, then the withdrawal; a ping on node-b's channel marks the end of what came before it.
+    await client.publish(channel(prefix, "node-b"), b"{}")
+    assert await asyncio.wait_for(publishes(3), timeout=5) == [
+        ("node-a", {"user": "ann", "id": "offer", "payload": {"title": "offer"}}),
+        ("node-a", {"type": "withdrawn", "user": "ann", "purposes": ["marketing", "personalization"]}),
+        ("node-b", {}),
+    ]
+    await pubsub.aclose()
+
+
+async def test_a_withdrawal_batch_takes_two_round_trips_whatever_its_size(
+    redis: tuple[Redis, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, prefix = redis
+    users = [f"user-{n}" for n in range(5)]
+    messages = [
+        Outgoing(user, f"{user}-{n}", {}, n, "marketing" if n else "analytics") for user in users for n in (0, 1, 2)
+    ]
+    await deliver(client, prefix, messages)
+    # Every command sent alone is a write of its own on the connection; a pipeline is one write for all of them.
+    writes = 0
+    send_packed_command = client.connection_pool.connection_class.send_packed_command
+
+    async def counted(connection: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal writes
+        writes += 1
+        await send_packed_command(connection, command, check_health)
+
+    monkeypatch.setattr(client.connection_pool.connection_class, "send_packed_command", counted)
+    withdrawals = [Withdrawal(user, frozenset({"marketing"})) for user in users]
+    assert await withdraw(client, prefix, withdrawals) == 10
+    assert writes == 2  # read the inboxes; remove and read presence (no one online: nothing to publish)
+    monkeypatch.undo()
+    for user in users:
+        assert await inbox(client, prefix, user) == [(f"{user}-0", {})]

@@ -152,12 +152,20 @@ def test_a_workers_exposition_carries_live_counters_histograms_and_what_is_read_
 
 
 def gateway_reading(**changes: Any) -> GatewayReading:
-    counts: dict[str, Any] = {**dict.fromkeys(GatewayReading.__dataclass_fields__, 0), "lag": {}}
+    counts: dict[str, Any] = {**dict.fromkeys(GatewayReading.__dataclass_fields__, 0), "lag": {}, "inbox_skipped": {}}
     return GatewayReading(**{**counts, **changes})
 
 
 def test_a_gateways_exposition_is_read_from_its_counters_at_scrape() -> None:
-    reading = gateway_reading(sockets_open=3, pushed=7, acked=5, tracked=11, suppressed=2, lag={0: 0, 3: 40})
+    reading = gateway_reading(
+        sockets_open=3,
+        pushed=7,
+        acked=5,
+        tracked=11,
+        suppressed=2,
+        lag={0: 0, 3: 40},
+        inbox_skipped={"not_json": 4, "shape": 0},
+    )
     samples = parsed(exposition(gateway_registry(lambda: reading)))
     assert samples[("nudge_deliverer_lag", frozenset({("partition", "3")}))] == 40
     assert samples[("nudge_deliverer_lag", frozenset({("partition", "0")}))] == 0
@@ -167,6 +175,8 @@ def test_a_gateways_exposition_is_read_from_its_counters_at_scrape() -> None:
     assert samples[("nudge_pushes_acked_total", frozenset())] == 5
     assert samples[("nudge_events_in_total", frozenset({("source", "websocket")}))] == 11
     assert samples[("nudge_decisions_not_pushed_total", frozenset({("reason", "suppressed")}))] == 2
+    assert samples[("nudge_inbox_entries_skipped_total", frozenset({("reason", "not_json")}))] == 4
+    assert samples[("nudge_inbox_entries_skipped_total", frozenset({("reason", "shape")}))] == 0
     # Two registries in one process (two gateways in a test) do not clash.
     assert parsed(exposition(gateway_registry(gateway_reading)))[("nudge_sockets_open", frozenset())] == 0
 

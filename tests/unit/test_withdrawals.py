@@ -38,6 +38,7 @@ def test_decision_and_withdrawal_records_are_read_from_the_topic() -> None:
     }
     read = outgoing(orjson.dumps(decision))
     assert isinstance(read, Outgoing) and (read.message_id, read.consent) == ("m1", "marketing")
+    assert read.payload["consent"] == "marketing"  # the browser takes the pop-up back if marketing is withdrawn
     withdrawal = {"type": WITHDRAWAL, "userId": "ann", "purposes": ["marketing"], "timestamp": "2026-11-30T00:00:01Z"}
     assert outgoing(orjson.dumps(withdrawal)) == Withdrawal("ann", frozenset({"marketing"}))
 

@@ -333,6 +333,33 @@ def test_unacked_tracking_is_bounded_per_user() -> None:
     assert hub.received(1, ack("m3"), NOW) == [Acked(ALICE, "m3")]
 
 
+# -- consent withdrawals ----------------------------------------------------------------------------------------
+
+
+def test_a_withdrawal_reaches_every_tab_of_that_user_and_no_one_else() -> None:
+    hub = hub_with((1, ALICE), (2, BOB), (3, ALICE))
+    withdrawn = {"type": "withdrawn", "purposes": ["marketing", "personalization"]}
+    assert sent(hub.withdraw(ALICE, frozenset({"personalization", "marketing"}))) == [(1, withdrawn), (3, withdrawn)]
+    assert hub.withdraw("carol", ["marketing"]) == []  # offline: her inbox was emptied by the shell
+    hub.closed(3)
+    assert sent(hub.withdraw(ALICE, ["marketing"])) == [(1, {"type": "withdrawn", "purposes": ["marketing"]})]
+
+
+def test_a_withdrawal_leaves_pushes_and_acks_as_they_were() -> None:
+    hub = hub_with((1, ALICE), (2, ALICE))
+    hub.push(ALICE, "offer", {"title": "10% off", "consent": "marketing"})
+    hub.withdraw(ALICE, ["marketing"])
+    # Neither tab acks what it took back; a later message of another purpose still reaches both, once.
+    assert [conn_id for conn_id, _ in sent(hub.push(ALICE, "tip", {"consent": "personalization"}))] == [1, 2]
+    assert hub.push(ALICE, "tip", {"consent": "personalization"}) == []
+
+
+@pytest.mark.parametrize("purposes", ["marketing", [1], [None]])
+def test_a_withdrawal_of_anything_but_purpose_names_is_a_shell_bug(purposes: Any) -> None:
+    with pytest.raises(TypeError):
+        hub_with((1, ALICE)).withdraw(ALICE, purposes)
+
+
 # -- track frames -----------------------------------------------------------------------------------------------
 
 

@@ -14,8 +14,12 @@
  *   browser -> server  {"type":"track","event","properties","messageId","timestamp"}, {"type":"ack","id"},
  *                      {"type":"consent","categoryPreferences":{"marketing":false}},
  *                      {"type":"ping"}
- *   server -> browser  {"type":"message","id","payload":{"title","body",...}}, {"type":"stored","id"},
- *                      {"type":"pong"}
+ *   server -> browser  {"type":"message","id","payload":{"title","body","consent",...}}, {"type":"stored","id"},
+ *                      {"type":"withdrawn","purposes":["marketing"]}, {"type":"pong"}
+ *
+ * "withdrawn": the shopper withdrew consent for those purposes (in this tab, another one, or through the shop's
+ * backend). The SDK takes the pop-ups of those purposes off the screen (and those whose payload names no purpose)
+ * and does not ack them; pop-ups of the other purposes stay.
  *
  * Delivery is at least once: the same message id may arrive again (another tab, a reconnect, a gateway restart).
  * The SDK shows each id once and acks every copy, so the server can forget it.
@@ -252,6 +256,7 @@
     popup.setAttribute("aria-labelledby", "nudge-popup-title-" + n);
     popup.dataset.messageId = id;
     if (typeof payload.trigger === "string") popup.dataset.trigger = payload.trigger;
+    if (typeof payload.consent === "string") popup.dataset.consent = payload.consent;
 
     // textContent only: payload text is data, never markup.
     const heading = document.createElement("h2");
@@ -493,6 +498,22 @@
       }
     }
 
+    // The shopper withdrew consent for `purposes`: take this client's pop-ups of those purposes back, as the server
+    // took back those not shown yet. One that names no purpose may need any of them: it goes too.
+    function withdraw(purposes) {
+      if (!Array.isArray(purposes)) return;
+      const withdrawn = new Set();
+      for (const entry of openPopups.slice()) {
+        const popup = entry.element;
+        const purpose = popup.dataset.consent;
+        if (!container.contains(popup) || (purpose && purposes.indexOf(purpose) < 0)) continue;
+        withdrawn.add(JSON.stringify({ type: "ack", id: popup.dataset.messageId }));
+        dismissPopup(popup);
+      }
+      // Its ack may still wait behind the rate limit: it is not to be counted as shown.
+      connectionFrames = connectionFrames.filter((frame) => !withdrawn.has(frame));
+    }
+
     function receive(text) {
       let frame;
       try {
@@ -511,6 +532,10 @@
           const stored = readStoredConsent();
           if (stored && stored.id === id) writeStoredConsent(null);
         }
+        return;
+      }
+      if (frame.type === "withdrawn") {
+        withdraw(frame.purposes);
         return;
       }
       if (frame.type !== "message") return; // "pong" needs nothing: any frame refreshes lastReceivedAt
