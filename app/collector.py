@@ -7,8 +7,11 @@ Nudge just work. Valid events are produced to ``nudge.events`` in batch envelope
 
 Responses: 200 ``{"success": true}`` (a batch also reports ``rejected`` events by index, the first 100 of them, and
 ``rejectedCount``; the good ones are kept); 400 with a reason for malformed JSON or an invalid event; 401 for a
-missing or wrong write key; 413 past 32 KB per event, or 500 KB or 2,500 events per batch; 503 with ``Retry-After``
-for events with personal fields while Redis (which holds their keys) is away.
+missing or wrong write key; 413 past 32 KB per event, or 500 KB or 2,500 events per batch, or a batch larger than
+the rate limit's burst; 429 with ``Retry-After`` (whole seconds) when the write key is over its rate limit
+(``NUDGE_COLLECTOR_RATE`` events/s, ``NUDGE_COLLECTOR_BURST`` at once, per key and per worker process:
+:mod:`app.ratelimit`), the request refused whole and nothing produced; 503 with ``Retry-After`` for events with
+personal fields while Redis (which holds their keys) is away.
 """
 
 from __future__ import annotations
@@ -23,11 +26,21 @@ from redis.exceptions import RedisError
 
 from app.batching import PartitionBatcher
 from app.events import InvalidEvent, encode_event, user_key
-from app.intake import HttpError, batch_answer, batch_events, body_limit, check_write_key, parse_body, single_event
+from app.intake import (
+    HttpError,
+    batch_answer,
+    batch_events,
+    body_limit,
+    check_write_key,
+    events_in,
+    parse_body,
+    single_event,
+)
 from app.keys import KeyStore
 from app.main import app, events_topic, metrics, settings
 from app.partitioning import partition_for
 from app.pii import encrypt_fields, has_personal_fields
+from app.ratelimit import RateLimit, RateLimiter
 
 
 async def _send(partition: int, value: bytes) -> Any:
@@ -39,6 +52,7 @@ REDIS_RETRY_AFTER_S = 5
 
 batcher = PartitionBatcher(_send, linger_s=settings.collector_linger_ms / 1000)
 key_store = KeyStore(Redis.from_url(settings.redis_url or ""), settings.app_id)
+limiter = RateLimiter(RateLimit(rate=settings.collector_rate, burst=settings.collector_burst))
 
 
 class _CollectorView(View):
@@ -50,7 +64,11 @@ class _CollectorView(View):
         try:
             body = await _read_body(request, body_limit(self.event_type))
             payload = parse_body(body)
-            check_write_key(request.headers.get("Authorization", ""), payload, settings.write_keys)
+            write_key = check_write_key(request.headers.get("Authorization", ""), payload, settings.write_keys)
+            # Before the events are validated: a flood is turned away for the least work.
+            refusal = limiter.admit(write_key, events_in(payload, event_type=self.event_type), now_s=time.monotonic())
+            if refusal is not None:
+                raise HttpError(refusal.status, refusal.message, retry_after_s=refusal.retry_after_s)
             now_ms = int(time.time() * 1000)
             if self.event_type is None:
                 return await self._batch(payload, now_ms)
@@ -59,7 +77,8 @@ class _CollectorView(View):
             return self.json({"success": True})
         except HttpError as error:
             metrics.rejected("collector", str(error))
-            return self.json({"success": False, "message": str(error)}, status=error.status)
+            headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+            return self.json({"success": False, "message": str(error)}, status=error.status, headers=headers)
         except InvalidEvent as error:
             metrics.rejected("collector", str(error))
             return self.json({"success": False, "message": str(error)}, status=400)

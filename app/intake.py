@@ -1,9 +1,10 @@
 """The collector's pure core: what a Segment HTTP API request asks for, decided without I/O.
 
 :mod:`app.collector` reads the body (bounded by :func:`body_limit`), then calls :func:`parse_body`,
-:func:`check_write_key` and :func:`single_event` or :func:`batch_events`, produces what they accept, and answers a
-batch with :func:`batch_answer`. A refused request is an :class:`HttpError` (status and reason, sent back as they
-are); a refused event is an :class:`~app.events.InvalidEvent` (a 400 with the reason, or one entry of a batch's
+:func:`check_write_key`, charges the key's rate limit (:mod:`app.ratelimit`) :func:`events_in` the request, calls
+:func:`single_event` or :func:`batch_events`, produces what they accept, and answers a batch with
+:func:`batch_answer`. A refused request is an :class:`HttpError` (status and reason, sent back as they are); a
+refused event is an :class:`~app.events.InvalidEvent` (a 400 with the reason, or one entry of a batch's
 ``rejected`` list).
 """
 
@@ -24,11 +25,13 @@ MAX_LISTED_REJECTIONS = 100
 
 
 class HttpError(Exception):
-    """The request is refused with ``status``; ``str(error)`` is the reason for the sender."""
+    """The request is refused with ``status``; ``str(error)`` is the reason for the sender, and ``retry_after_s``
+    (when set) the ``Retry-After`` header: whole seconds before the same request can succeed."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
 
 
 def body_limit(event_type: str | None) -> int:
@@ -45,15 +48,18 @@ def parse_body(body: bytes) -> Any:
         raise HttpError(400, f"body is not valid JSON: {error}") from None
 
 
-def check_write_key(authorization: str, payload: Any, write_keys: Iterable[str]) -> None:
-    """Accept the write key sent as the HTTP Basic user (or as ``writeKey`` in the body), or :class:`HttpError` 401."""
+def check_write_key(authorization: str, payload: Any, write_keys: Iterable[str]) -> str:
+    """The write key sent as the HTTP Basic user (or as ``writeKey`` in the body) if it is one of ``write_keys``,
+    else :class:`HttpError` 401. The key returned is the configured one, so it can name the key's rate limit."""
     key = basic_user(authorization)
     if key is None and isinstance(payload, dict) and isinstance(payload.get("writeKey"), str):
         key = payload["writeKey"]
     if key is None:
         raise HttpError(401, "missing write key: send it as the HTTP Basic user name")
-    if not any(hmac.compare_digest(key.encode(), known.encode()) for known in write_keys):
+    known = next((k for k in write_keys if hmac.compare_digest(key.encode(), k.encode())), None)
+    if known is None:
         raise HttpError(401, "unknown write key")
+    return known
 
 
 def basic_user(header: str) -> str | None:
@@ -81,6 +87,24 @@ def single_event(payload: Any, *, event_type: str, now_ms: int) -> dict[str, Any
     return event
 
 
+def events_in(payload: Any, *, event_type: str | None) -> int:
+    """How many events a request to the endpoint of ``event_type`` (``None``: ``/v1/batch``) counts for the rate
+    limit: 1, or a batch's items, valid or not (each costs the collector its work).
+
+    Raises :class:`HttpError` as :func:`batch_events` does for a batch body that is not one.
+    """
+    return 1 if event_type is not None else len(_batch_items(payload))
+
+
+def _batch_items(payload: Any) -> list[Any]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
+        raise HttpError(400, 'a batch body must be an object with a "batch" array')
+    items: list[Any] = payload["batch"]
+    if len(items) > MAX_BATCH_EVENTS:
+        raise HttpError(413, f"batch of {len(items)} events is over the {MAX_BATCH_EVENTS} event limit: split it")
+    return items
+
+
 def batch_events(payload: Any, *, now_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The accepted events of a ``/v1/batch`` body, and ``{"index", "message"}`` for each refused one.
 
@@ -89,14 +113,10 @@ def batch_events(payload: Any, *, now_ms: int) -> tuple[list[dict[str, Any]], li
     none of their own (:func:`~app.events.validate`). Only the items reach the topic, each without its
     ``writeKey``, and so never the body's: a secret is never stored.
     """
-    if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
-        raise HttpError(400, 'a batch body must be an object with a "batch" array')
-    if len(payload["batch"]) > MAX_BATCH_EVENTS:
-        message = f"batch of {len(payload['batch'])} events is over the {MAX_BATCH_EVENTS} event limit: split it"
-        raise HttpError(413, message)
+    items = _batch_items(payload)
     accepted: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    for index, raw in enumerate(payload["batch"]):
+    for index, raw in enumerate(items):
         try:
             if len(encode_event(raw)) > MAX_EVENT_BYTES:
                 raise InvalidEvent(f"event is over the {MAX_EVENT_BYTES} byte limit")

@@ -98,6 +98,8 @@ RECORD_SECONDS_BUCKETS: Final = (
 #: What a refusal message is about -> its ``reason`` label; the first match wins. The messages themselves
 #: (``nudge-reason`` on the dead-letter topic, the collector's 4xx bodies) quote the input, so they cannot be labels.
 _REASON_MARKERS: Final = (
+    # First: a rate limit refusal also names its write key and counts events.
+    ("rate limit", "rate_limited"),
     ("merge record", "merge_record"),
     ("erasure record", "erasure_record"),
     ("consent", "consent"),

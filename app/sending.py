@@ -19,6 +19,13 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
+#: Statuses after which the collector produced nothing and says when to come back (``Retry-After``): over the write
+#: key's rate limit, or Redis away for events with personal fields.
+RETRYABLE = frozenset({429, 503})
+#: How often one request is retried on a :data:`RETRYABLE` answer, and the longest wait taken between tries.
+MAX_RETRIES = 20
+MAX_RETRY_WAIT_S = 30.0
+
 
 @dataclass
 class Progress:
@@ -110,7 +117,8 @@ async def send_http(
     """POST events to the collector in ``/v1/batch`` requests; malformed ``bytes`` items go alone to ``/v1/track``.
 
     ``speed`` > 0 paces by the events' own timestamps instead of ``rate`` (a replay at ``speed`` times real time).
-    Returns ``(accepted, rejected)`` as the collector reported them.
+    A request answered 429 or 503 (nothing was produced) is sent again after the answer's ``Retry-After``, up to
+    :data:`MAX_RETRIES` times. Returns ``(accepted, rejected)`` as the collector reported them.
     """
     clock = EventTimePacer(speed) if speed > 0 else None
     auth = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
@@ -121,14 +129,14 @@ async def send_http(
 
     async def post(session: aiohttp.ClientSession, path: str, body: bytes, count: int) -> None:
         nonlocal accepted, rejected
-        async with slots, session.post(url + path, data=body, headers=headers) as response:
-            reply = await response.json(content_type=None)
-            if response.status == 200:
+        async with slots:
+            status, reply = await _post_retrying(session, url + path, body, headers)
+            if status == 200:
                 bad = len(reply.get("rejected", ()))
-            elif response.status == 400:
+            elif status == 400:
                 bad = len(reply.get("rejected", ())) or count
             else:
-                raise RuntimeError(f"collector answered {response.status}: {reply}")
+                raise RuntimeError(f"collector answered {status}: {reply}")
             accepted += count - bad
             rejected += bad
             if progress:
@@ -160,6 +168,33 @@ async def send_http(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     return accepted, rejected
+
+
+async def _post_retrying(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, Any]:
+    """POST ``body``; while the answer is :data:`RETRYABLE`, wait its ``Retry-After`` and send it again."""
+    for attempt in range(MAX_RETRIES + 1):
+        async with session.post(url, data=body, headers=headers) as response:
+            reply = await response.json(content_type=None)
+            if response.status not in RETRYABLE or attempt == MAX_RETRIES:
+                return response.status, reply
+            wait_s = retry_after_s(response.headers.get("Retry-After"))
+        print(f"collector answered {response.status}, retrying in {wait_s:g} s: {reply}", file=sys.stderr, flush=True)
+        await asyncio.sleep(wait_s)
+    raise AssertionError("unreachable")
+
+
+def retry_after_s(header: str | None) -> float:
+    """The wait a ``Retry-After`` header of seconds asks for, from 0.1 to :data:`MAX_RETRY_WAIT_S`; 1 s if absent or
+    not a number (the HTTP-date form is not used by the collector)."""
+    try:
+        seconds = float(header) if header is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    if seconds != seconds:  # NaN
+        seconds = 1.0
+    return min(max(seconds, 0.1), MAX_RETRY_WAIT_S)
 
 
 async def send_kafka(

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 import gzip
+import secrets
 import time
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from segment.analytics import Client
 
 from app.devstack import DevStack
 from app.events import iso_from_ms, parse_timestamp
+from app.sending import send_http
 from app.simulate import simulate_events
 from tables.profile_view import profile_view
 from tests.integration.conftest import expected_profiles, fetch_profiles, read_topic, stable, stats, wait_for
@@ -142,6 +145,76 @@ async def test_read_api_needs_a_key_and_answers_404_for_strangers(stack: DevStac
         async with session.get(f"{stack.http}/v1/users/nobody/profile", headers=headers) as response:
             assert response.status == 404
             assert "nobody" in (await response.json())["error"]
+
+
+async def test_a_flooding_write_key_gets_429_while_another_keys_events_go_through(tmp_path: Any) -> None:
+    """Per write key: the flood is refused whole with ``Retry-After`` and nothing of it produced; the other key's
+    event reaches its user's profile, and the refusals are counted as ``rate_limited``."""
+    flood, calm = "wk_flood_" + secrets.token_hex(4), "wk_calm_" + secrets.token_hex(4)
+    env = {"NUDGE_WRITE_KEYS": f"{flood},{calm}", "NUDGE_COLLECTOR_RATE": "1", "NUDGE_COLLECTOR_BURST": "5"}
+
+    def batch(user: str, tag: str, size: int) -> dict[str, Any]:
+        event = {"type": "track", "userId": user, "event": "Product Viewed"}
+        return {"batch": [{**event, "messageId": f"{tag}-{n}"} for n in range(size)]}
+
+    async with (
+        DevStack(root=tmp_path / "stack", keep_files=True, write_key=flood, extra_env=env) as stack,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def post(path: str, body: Any, key: str) -> tuple[int, Any, str | None]:
+            auth = aiohttp.BasicAuth(key, "")
+            async with session.post(f"{stack.http}{path}", json=body, auth=auth) as response:
+                return response.status, await response.json(), response.headers.get("Retry-After")
+
+        assert await post("/v1/batch", batch("flood-user", "admitted", 5), flood) == (200, {"success": True}, None)
+        # The burst is spent: 5 more need 5 s of refill at 1 event/s, far more than the next request takes.
+        status, body, retry_after = await post("/v1/batch", batch("flood-user", "refused", 5), flood)
+        assert status == 429, body
+        assert body["success"] is False and "rate limit of 1 events/s (burst 5)" in body["message"]
+        assert retry_after is not None and 1 <= int(retry_after) <= 5
+        status, body, retry_after = await post("/v1/batch", batch("flood-user", "too-big", 6), flood)
+        assert status == 413 and "can never pass" in body["message"] and retry_after is None
+        event = {"userId": "calm-user", "event": "Product Viewed", "messageId": "calm-1"}
+        assert await post("/v1/track", event, calm) == (200, {"success": True}, None)
+
+        async def calm_profiled() -> bool:
+            return (await fetch_profiles(stack, ["calm-user"]))["calm-user"] is not None
+
+        await wait_for(calm_profiled, timeout=30, what="calm-user's profile")
+        # The collector answers once the broker has the events: a refused batch would be on the topic by now.
+        records = await read_topic(stack.broker.bootstrap, "nudge.events", stack.partitions)
+        stored = {e["messageId"] for r in records for e in orjson.loads(r.value or b"{}").get("batch", [])}
+        assert stored == {*(f"admitted-{n}" for n in range(5)), "calm-1"}
+        headers = {"Authorization": f"Bearer {stack.api_key}"}
+        async with session.get(f"{stack.http}/metrics", headers=headers) as response:
+            exposition = await response.text()
+        refusals = [
+            sample.value
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+            if sample.name == "nudge_events_rejected_total"
+            and sample.labels == {"stage": "collector", "reason": "rate_limited"}
+        ]
+        assert refusals == [2.0]  # each request refused whole counts once
+
+
+async def test_the_sender_waits_out_a_429_and_sends_every_event_once(tmp_path: Any) -> None:
+    """``nudge send`` / ``replay`` against a collector over its rate: each refused batch is sent again after its
+    ``Retry-After``, so every event arrives, and none twice (a refused request produced nothing)."""
+    env = {"NUDGE_COLLECTOR_RATE": "50", "NUDGE_COLLECTOR_BURST": "50"}
+    events = [
+        {"type": "track", "userId": f"u{n % 7}", "event": "Product Viewed", "messageId": f"paced-{n}"}
+        for n in range(150)
+    ]
+    async with DevStack(root=tmp_path / "stack", keep_files=True, extra_env=env) as stack:
+        accepted, rejected = await send_http(
+            events, url=stack.http, write_key=stack.write_key, batch_size=50, concurrency=1
+        )
+        assert (accepted, rejected) == (150, 0)
+        records = await read_topic(stack.broker.bootstrap, "nudge.events", stack.partitions)
+        stored = [e["messageId"] for r in records for e in orjson.loads(r.value or b"{}").get("batch", [])]
+        assert sorted(stored) == sorted(e["messageId"] for e in events)
 
 
 def _datetime(stamp: str) -> Any:

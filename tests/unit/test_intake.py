@@ -8,7 +8,16 @@ import orjson
 import pytest
 
 from app.events import encode_batch, encode_event, normalise
-from app.intake import MAX_BATCH_EVENTS, MAX_LISTED_REJECTIONS, HttpError, batch_answer, batch_events, single_event
+from app.intake import (
+    MAX_BATCH_EVENTS,
+    MAX_LISTED_REJECTIONS,
+    HttpError,
+    batch_answer,
+    batch_events,
+    check_write_key,
+    events_in,
+    single_event,
+)
 
 NOW_MS = 1_772_366_400_000  # 2026-03-01T12:00:00Z
 
@@ -23,6 +32,21 @@ def test_a_batch_over_the_event_limit_is_refused_whole_with_413() -> None:
         batch_events({"batch": [1] * 250_000}, now_ms=NOW_MS)
     assert refused.value.status == 413
     assert str(refused.value) == f"batch of 250000 events is over the {MAX_BATCH_EVENTS} event limit: split it"
+
+
+def test_a_request_counts_its_events_for_the_rate_limit_valid_or_not() -> None:
+    assert events_in({"userId": "u", "event": "E"}, event_type="track") == 1
+    assert events_in({"batch": [{"type": "track"}, 5, "x"]}, event_type=None) == 3
+    for body, status in (({"batch": 5}, 400), ({"batch": [{}] * (MAX_BATCH_EVENTS + 1)}, 413)):
+        with pytest.raises(HttpError) as refused:
+            events_in(body, event_type=None)
+        assert refused.value.status == status
+
+
+def test_the_write_key_accepted_is_returned_to_name_its_rate_limit() -> None:
+    keys = {"wk-a", "wk-b"}
+    assert check_write_key("Basic d2stYjo=", {}, keys) == "wk-b"  # base64("wk-b:")
+    assert check_write_key("", {"writeKey": "wk-a"}, keys) == "wk-a"
 
 
 def test_a_batch_at_the_event_limit_keeps_every_good_event() -> None:

@@ -23,6 +23,7 @@ from app.metrics import (
     gateway_registry,
     reject_reason,
 )
+from app.ratelimit import RateLimit, RateLimiter
 from app.records import split_record
 from app.settings import Settings, SettingsError
 from ws.routes import Respond, Routes
@@ -84,6 +85,16 @@ def test_the_collectors_refusals_get_labels_of_their_kind() -> None:
     _, rejected = batch_events({"batch": [{"type": "track", "event": "x"}, 5]}, now_ms=NOW_MS)
     refusals.update((r["message"], reject_reason(r["message"])) for r in rejected)
     assert sorted(refusals.values()) == ["no_user", "not_json", "shape", "shape", "write_key", "write_key"]
+
+
+def test_rate_limit_refusals_are_labelled_rate_limited() -> None:
+    limiter = RateLimiter(RateLimit(rate=10, burst=20))
+    over_burst = limiter.admit("wk", 21, now_s=0.0)
+    assert limiter.admit("wk", 20, now_s=0.0) is None
+    over_rate = limiter.admit("wk", 1, now_s=0.0)
+    assert over_burst is not None and over_rate is not None
+    assert {reject_reason(over_burst.message), reject_reason(over_rate.message)} == {"rate_limited"}
+    assert "rate_limited" in REJECT_REASONS
 
 
 def test_reason_labels_stay_in_a_fixed_set_whatever_the_message_quotes() -> None:

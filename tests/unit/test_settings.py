@@ -54,6 +54,8 @@ def test_every_variable_is_read() -> None:
             NUDGE_SESSION_TIMEOUT_S="2.5",
             NUDGE_PRODUCER_LINGER_MS="0",
             NUDGE_COLLECTOR_LINGER_MS="20",
+            NUDGE_COLLECTOR_RATE="300",
+            NUDGE_COLLECTOR_BURST="600",
             NUDGE_LOG_LEVEL="debug",
             NUDGE_SECRET="s" * 32,
             NUDGE_SEGMENTS_TOPIC="t.segments",
@@ -83,6 +85,8 @@ def test_every_variable_is_read() -> None:
         session_timeout_s=2.5,
         producer_linger_ms=0,
         collector_linger_ms=20,
+        collector_rate=300,
+        collector_burst=600,
         log_level="debug",
         secret="s" * 32,
         segments_topic="t.segments",
@@ -95,6 +99,15 @@ def test_every_variable_is_read() -> None:
     )
     assert settings.label_horizon_ms == 300_000
     assert settings.web_url == "http://worker-1:8080"
+
+
+def test_the_collector_rate_limit_is_on_by_default_can_be_off_and_is_bounded() -> None:
+    settings = Settings.from_env(REQUIRED)
+    assert (settings.collector_rate, settings.collector_burst) == (50_000, 100_000)
+    assert Settings.from_env(env(NUDGE_COLLECTOR_RATE="0")).collector_rate == 0
+    assert refusal(env(NUDGE_COLLECTOR_RATE="-1")) == "NUDGE_COLLECTOR_RATE=-1: expected 0..10000000"
+    assert refusal(env(NUDGE_COLLECTOR_BURST="0")) == "NUDGE_COLLECTOR_BURST=0: expected 1..10000000"
+    assert refusal(env(NUDGE_COLLECTOR_BURST="lots")) == "NUDGE_COLLECTOR_BURST='lots': expected a whole number"
 
 
 def test_empty_optional_values_mean_the_default() -> None:
