@@ -77,16 +77,18 @@ class _CollectorView(View):
             return self.json({"success": True})
         except HttpError as error:
             metrics.rejected("collector", str(error))
-            headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
-            return self.json({"success": False, "message": str(error)}, status=error.status, headers=headers)
+            return self._refused(error)
         except InvalidEvent as error:
             metrics.rejected("collector", str(error))
             return self.json({"success": False, "message": str(error)}, status=400)
         except RedisError:
             # Only events with personal fields need Redis (their user's key), and nothing was produced: retryable.
             message = "personal fields cannot be encrypted now: the key store (Redis) is unavailable; retry later"
-            headers = {"Retry-After": str(REDIS_RETRY_AFTER_S)}
-            return self.json({"success": False, "message": message}, status=503, headers=headers)
+            return self._refused(HttpError(503, message, retry_after_s=REDIS_RETRY_AFTER_S))
+
+    def _refused(self, error: HttpError) -> Response:
+        headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+        return self.json({"success": False, "message": str(error)}, status=error.status, headers=headers)
 
     async def _batch(self, payload: Any, now_ms: int) -> Response:
         accepted, rejected = batch_events(payload, now_ms=now_ms)

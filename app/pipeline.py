@@ -275,26 +275,45 @@ class Pipeline:
         audits: list[tuple[str, bytes]] = []
         withdrawals: list[tuple[str, bytes]] = []
         for step in steps:
-            before = step.before.consent if step.before is not None else {}
-            if step.after.consent == before:
-                continue
             source = step.event.properties.get("source") if step.event.name == CONSENT_EVENT else None
-            record = consent_applied(
-                self.secret,
-                user_id=step.after.user_id,
-                before=before,
-                after=step.after.consent,
+            change = self._consent_change(
+                step.before,
+                step.after,
+                at_ms=step.event.timestamp_ms,
                 message_id=step.event.message_id,
-                at=iso_from_ms(step.event.timestamp_ms),
                 source=source if isinstance(source, str) else "context",
+                default_consent=default_consent,
             )
-            if record is not None:
-                audits.append((subject(self.secret, step.after.user_id), record))
-            if step.before is not None:
-                withdrawal = _withdrawal(step.before, step.after, step.event.timestamp_ms, default_consent)
-                if withdrawal is not None:
-                    withdrawals.append((step.after.user_id, withdrawal))
+            audits += change[0]
+            withdrawals += change[1]
         return audits, withdrawals
+
+    def _consent_change(
+        self,
+        before: Profile | None,
+        after: Profile,
+        *,
+        at_ms: int,
+        message_id: str,
+        source: str,
+        default_consent: Mapping[str, bool],
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """The audit record of a change of the user's consent (none if it changed nothing), and its
+        ``consent_withdrawn`` record if it took back a purpose the user had."""
+        if after.consent == (before.consent if before is not None else {}):
+            return [], []
+        record = consent_applied(
+            self.secret,
+            user_id=after.user_id,
+            before=before.consent if before is not None else {},
+            after=after.consent,
+            message_id=message_id,
+            at=iso_from_ms(at_ms),
+            source=source,
+        )
+        audits = [(subject(self.secret, after.user_id), record)] if record is not None else []
+        withdrawal = _withdrawal(before, after, at_ms, default_consent) if before is not None else None
+        return audits, [(after.user_id, withdrawal)] if withdrawal is not None else []
 
     # -- identity ----------------------------------------------------------------------------------------------------
 
@@ -442,22 +461,17 @@ class Pipeline:
             return
         merged = merge_profiles(profile, other, user_id=merge.into_id)
         self.profile_writer.put(merge.into_id, merged, partition=partition)
-        if profile is not None and merged.consent != profile.consent:
-            audit = consent_applied(
-                self.secret,
-                user_id=merge.into_id,
-                before=profile.consent,
-                after=merged.consent,
+        if profile is not None:
+            change = self._consent_change(
+                profile,
+                merged,
+                at_ms=merged.last_seen_ms,
                 message_id=f"merge\x00{merge.from_id}",
-                at=iso_from_ms(merged.last_seen_ms),
                 source="merge",
+                default_consent=self.rules.current().default_consent,
             )
-            if audit is not None:
-                audits.append((subject(self.secret, merge.into_id), audit))
-            default = self.rules.current().default_consent
-            withdrawal = _withdrawal(profile, merged, merged.last_seen_ms, default)
-            if withdrawal is not None:
-                withdrawals.append((merge.into_id, withdrawal))
+            audits += change[0]
+            withdrawals += change[1]
         if merge.insight is not None:
             before = self.insights.data.get(merge.into_id)
             visitor = decode_insight(merge.insight.encode())

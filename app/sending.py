@@ -174,15 +174,16 @@ async def _post_retrying(
     session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, Any]:
     """POST ``body``; while the answer is :data:`RETRYABLE`, wait its ``Retry-After`` and send it again."""
-    for attempt in range(MAX_RETRIES + 1):
+    retries = 0
+    while True:
         async with session.post(url, data=body, headers=headers) as response:
             reply = await response.json(content_type=None)
-            if response.status not in RETRYABLE or attempt == MAX_RETRIES:
+            if response.status not in RETRYABLE or retries == MAX_RETRIES:
                 return response.status, reply
             wait_s = retry_after_s(response.headers.get("Retry-After"))
         print(f"collector answered {response.status}, retrying in {wait_s:g} s: {reply}", file=sys.stderr, flush=True)
         await asyncio.sleep(wait_s)
-    raise AssertionError("unreachable")
+        retries += 1
 
 
 def retry_after_s(header: str | None) -> float:
