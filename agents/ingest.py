@@ -138,7 +138,7 @@ async def _process(
         now_ms = record_ms
     secret = settings.secret.encode()
     plan = split_record(value, partition=partition, partitions=settings.partitions, now_ms=now_ms, secret=secret)
-    folded, refused = await pipeline.process(
+    folded, forwarded, refused = await pipeline.process(
         plan.by_user, partition=partition, offset=offset, merges=plan.merges, erasures=plan.erasures
     )
     await pipeline.flush()
@@ -160,5 +160,5 @@ async def _process(
         events=events,
         folded=folded,
         rejected=plan.rejected + sum(reject.events for reject in refused),
-        forwarded=len(plan.misrouted),
+        forwarded=len(plan.misrouted) + forwarded,
     )

@@ -187,8 +187,10 @@ def validate(
     else:
         # Derived from the content and the client's timestamp (else the time of receipt): a retried request with
         # the same timestamp is recognised, while two identical events sent without a timestamp stay two events.
+        # Not from sentAt: a client stamps it anew on every attempt.
+        content_fields = {key: value for key, value in raw.items() if key != "sentAt"}
         try:
-            content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS) + str(identity_stamp).encode()
+            content = orjson.dumps(content_fields, option=orjson.OPT_SORT_KEYS) + str(identity_stamp).encode()
         except orjson.JSONEncodeError as error:
             raise InvalidEvent(f"event cannot be encoded as JSON: {error}") from None
         event["messageId"] = "auto-" + hashlib.blake2b(content, digest_size=12).hexdigest()

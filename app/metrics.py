@@ -27,7 +27,9 @@ name                                   type       labels               counts
                                                                        :func:`reject_reason` of the message
 ``nudge_events_folded_total``          counter                         events applied to a profile
 ``nudge_events_duplicate_total``       counter                         events skipped as already applied
-``nudge_events_forwarded_total``       counter                         events forwarded to their user's partition
+``nudge_events_forwarded_total``       counter                         events sent on to the user they belong to:
+                                                                       misrouted ones, and those of an id merged
+                                                                       into another user (identity)
 ``nudge_records_total``                counter                         ``nudge.events`` records processed
 ``nudge_consumer_lag``                 gauge      ``partition``        high watermark minus the next offset this
                                                                        worker will process, per held partition of
@@ -247,7 +249,7 @@ def worker_families(reading: WorkerReading) -> list[Metric]:
         _counter("nudge_records", "nudge.events records processed.", reading.records),
         _counter("nudge_events_folded", "Events applied to a profile.", reading.folded),
         _counter("nudge_events_duplicate", "Events skipped as already applied.", reading.duplicates),
-        _counter("nudge_events_forwarded", "Events forwarded to their user's partition.", reading.forwarded),
+        _counter("nudge_events_forwarded", "Events sent on to the user they belong to.", reading.forwarded),
         _counter("nudge_segment_changes", "Segment entries and exits emitted.", reading.segment_changes),
         _counter("nudge_read_model_writes", "Users written to the Redis read model.", reading.read_model_writes),
         GaugeMetricFamily("nudge_profiles", "Profiles held by this worker.", value=reading.profiles),

@@ -33,6 +33,7 @@ from app.partitioning import partition_for
 from app.read_model import ReadModel
 from app.records import Reject
 from app.rules import Rules
+from app.send_now import send_now
 from models.consent import CONSENT_EVENT, PURPOSES
 from models.insight import Effect, Insight, SegmentChange, merge_insights, on_clock, on_event, personalised
 from models.partition import PartitionModels
@@ -178,9 +179,10 @@ class Pipeline:
         offset: int,
         merges: Iterable[Merge] = (),
         erasures: Iterable[Erase] = (),
-    ) -> tuple[int, list[Reject]]:
-        """Fold, score and segment each user's events from one record; returns how many events were folded, and the
-        events refused (alias cycles, see :meth:`_identity`) for the caller to dead-letter.
+    ) -> tuple[int, int, list[Reject]]:
+        """Fold, score and segment each user's events from one record; returns how many events were folded, how many
+        were forwarded to the user their id was merged into (an ``alias`` event counts when its hand-over is sent),
+        and the events refused (alias cycles, see :meth:`_identity`) for the caller to dead-letter.
 
         Identity (:mod:`app.identity`): merges are folded first; the events of an id merged into another user are
         forwarded to that user; an ``alias`` event hands this id's state over; an event that names an anonymous id
@@ -199,12 +201,13 @@ class Pipeline:
             self._merge(merge, partition, outgoing, audits, withdrawals)
         for erase in erasures:
             await self._erase(erase, partition, outgoing)
-        folded = 0
+        folded = forwarded = 0
         # Timed per user and observed per record: an observation per event would cost about 1 µs each.
         clock = time.perf_counter
         fold_s = score_s = 0.0
         for user_id, all_events in by_user.items():
-            events = self._identity(user_id, self._not_erased(user_id, all_events), outgoing, refused)
+            events, handed_on = self._identity(user_id, self._not_erased(user_id, all_events), outgoing, refused)
+            forwarded += handed_on
             if not events:
                 continue
             profile = self.profiles.data.get(user_id)
@@ -251,12 +254,15 @@ class Pipeline:
         hand_overs, self._pending_hand_overs = self._pending_hand_overs, []
         for user_id, alias in hand_overs:
             self._hand_over(user_id, alias, partition, outgoing)
+        forwarded += len(hand_overs)
         self._fire_due(partition, changes, decisions)
         await self._emit(changes, decisions, partition)
         # After the decisions: the gateways deliver a user's records in order, so a withdrawal reaches them after
         # every message decided before it, and takes back those not shown yet (ws.delivery.apply_withdrawals).
         for key, value in withdrawals:
             await self.messages_topic.send(key=key.encode(), value=value)
+        if withdrawals:
+            self._messages_now()
         for key, value in outgoing:
             await self.events_topic.send(key=key.encode(), value=value)
         for key, record in audits:
@@ -265,7 +271,7 @@ class Pipeline:
         for event, reason in refused:
             log.warning("identity: an event of %s refused: %s", event.user_id, reason)
             rejects.append(Reject(reason, _as_record(event)))
-        return folded, rejects
+        return folded, forwarded, rejects
 
     def _consent_changes(
         self, steps: list[Step], default_consent: Mapping[str, bool]
@@ -319,8 +325,9 @@ class Pipeline:
 
     def _identity(
         self, user_id: str, events: list[Event], out: list[tuple[str, bytes]], refused: list[tuple[Event, str]]
-    ) -> list[Event]:
-        """The events to fold for ``user_id``: those before its first ``alias`` event, unless it was merged already.
+    ) -> tuple[list[Event], int]:
+        """The events to fold for ``user_id`` (those before its first ``alias`` event, unless it was merged already),
+        and how many of the others were forwarded (put in ``out``).
 
         The ``alias`` event itself (handed over after the fold, see :meth:`_hand_over`) and the events after it are
         forwarded to the user it names. Two ids must never end up merged into each other, which would send their
@@ -330,7 +337,7 @@ class Pipeline:
         canonical = self.aliases.data.get(user_id)
         cut = next((i for i, e in enumerate(events) if e.alias_to is not None), None)
         if canonical is None and cut is None:
-            return events
+            return events, 0
         if canonical is None:
             assert cut is not None
             alias = events[cut]
@@ -344,6 +351,7 @@ class Pipeline:
         else:
             keep, rest = [], events
         assert canonical is not None
+        forwarded = 0
         for event in rest:
             if event.alias_to is not None:
                 continue
@@ -351,7 +359,8 @@ class Pipeline:
                 refused.append((event, f"forwarded {MAX_ALIAS_HOPS} times between merged ids: an alias cycle"))
             else:
                 out.append((canonical, _forwarded(event, canonical)))
-        return keep
+                forwarded += 1
+        return keep, forwarded
 
     # -- erasure -------------------------------------------------------------------------------------------------------
 
@@ -556,6 +565,12 @@ class Pipeline:
             self.metrics.decided(decision.trigger, decision.outcome, decision.reason)
             outcome = decision.reason or "sent"
             self.decisions[outcome] = self.decisions.get(outcome, 0) + 1
+        if decisions:
+            self._messages_now()
+
+    def _messages_now(self) -> None:
+        """Decision and withdrawal records leave without the producer's linger: a browser waits for them."""
+        send_now(self.app.producer._ensure_producer(), self.messages_topic.get_topic_name())
 
 
 def _forwarded(event: Event, user_id: str) -> bytes:

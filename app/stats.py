@@ -11,8 +11,11 @@ class IngestStats:
     records: int = 0
     events: int = 0
     folded: int = 0
+    #: What is left of ``events``: skipped, mostly as applied already (a redelivered record, a repeated messageId).
     duplicates: int = 0
     rejected: int = 0
+    #: Sent on to the user they belong to through ``nudge.events`` (and counted again there): misrouted events, and
+    #: the events of an id merged into another user, its ``alias`` event included (sent as the merge record).
     forwarded: int = 0
     first_event_at: float | None = None
     last_event_at: float | None = None

@@ -193,8 +193,9 @@ async def withdraw(redis: Redis, prefix: str, withdrawals: Sequence[Withdrawal])
 
     Returns how many inbox entries were removed. One round trip reads the inboxes, a second removes the covered
     entries and then reads presence, and a third, only if someone is online, publishes: so a tab that opens meanwhile
-    either reads its inbox after the removal or is present in time to be told. Withdrawing again removes nothing
-    more.
+    either reads its inbox after the removal or is present in time to be told. Told, it may still be replayed what it
+    read before the removal: its hub skips those messages (:meth:`ws.protocol.Hub.replay`). Withdrawing again removes
+    nothing more.
     """
     if not withdrawals:
         return 0

@@ -17,7 +17,9 @@ effects, in order, that the shell must carry out:
 
 A user who withdraws consent for a purpose takes back their messages of that purpose: the shell removes those still
 in the inbox (:func:`ws.delivery.withdraw`) and calls :meth:`Hub.withdraw` on the node holding the user's sockets,
-whose :class:`Send` effects tell each of the user's tabs to take the pop-ups of that purpose off the screen.
+whose :class:`Send` effects tell each of the user's tabs to take the pop-ups of that purpose off the screen. A tab
+opening meanwhile may have its inbox read before the removal and be told of the withdrawal before that read is
+replayed: :meth:`Hub.replay` skips the messages of purposes withdrawn since the connection opened.
 
 Delivery is at least once. A push reaches the user's open connections now; the Redis inbox, written by the shell
 before it calls :meth:`Hub.push`, keeps the message for connections that open later, and a message a tab has seen is
@@ -39,7 +41,8 @@ gateway killed with events in its buffers loses none; the worker skips a second 
 A message's ``payload`` names the purpose it needs (``"consent": "marketing"``; absent in messages decided before
 decision records said it). When the user withdraws consent, each of their tabs gets
 ``{"type": "withdrawn", "purposes": ["marketing", ...]}``: the SDK removes the pop-ups it shows of those purposes, and
-of no stated purpose, and does not ack them; pop-ups of the other purposes stay.
+of no stated purpose, and does not ack them; pop-ups of the other purposes stay. After that frame a tab gets messages
+of those purposes only as pushes, decided after the withdrawal (consent given again), never from a replay.
 Anything else closes that connection only, with one of the ``CLOSE_*`` codes below; it never raises.
 """
 
@@ -123,6 +126,9 @@ class _Connection:
     #: Ids sent on this connection and not yet acked, so a replay or a repeated push does not send them twice.
     sent: set[str] = field(default_factory=set)
     tracks: int = 0
+    #: Purposes withdrawn since the connection opened, whose messages a replay skips (see :meth:`Hub.replay`). Kept
+    #: for the connection's life: the hub cannot tell which of its replays read the inbox before the withdrawal.
+    withdrawn: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -248,7 +254,8 @@ class Hub:
         Returns one :class:`Send` per connection of ``user_id`` (``[]`` when they have none: what waits in the inbox
         is the shell's to remove, with :func:`ws.delivery.withdraw`). Other users' connections get nothing. A tab
         does not ack a message it took back: the hub forgets it as it forgets any unacked message, and the inbox no
-        longer holds it. ``purposes`` come from our own topic: anything but names is a :class:`TypeError`.
+        longer holds it. Each of those connections remembers the purposes, so that a replay to it skips their
+        messages (:meth:`replay`). ``purposes`` come from our own topic: anything but names is a :class:`TypeError`.
         """
         if isinstance(purposes, str):
             raise TypeError(f"purposes must be a collection of names, not the string {purposes!r}")
@@ -258,14 +265,17 @@ class Hub:
         user = self._users.get(user_id)
         if user is None:
             return []
+        for conn_id in user.connections:
+            self._connections[conn_id].withdrawn.update(listed)
         text = orjson.dumps({"type": "withdrawn", "purposes": listed}).decode()
         return [Send(conn_id, text) for conn_id in user.connections]
 
     def replay(self, conn_id: int, pending: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Effect]:
         """Send a newly opened connection its user's inbox, ``(message id, payload)`` pairs oldest first.
 
-        Skips messages the user has acked (the inbox deletion may still be on its way) and messages this connection
-        was already pushed. Returns ``[]`` for a connection the hub does not know (refused or closed meanwhile).
+        Skips messages the user has acked (the inbox deletion may still be on its way), messages this connection
+        was already pushed, and messages that need a purpose withdrawn since the connection opened (or name none).
+        Returns ``[]`` for a connection the hub does not know (refused or closed meanwhile).
         """
         connection = self._connections.get(conn_id)
         if connection is None:
@@ -275,6 +285,11 @@ class Hub:
         effects: list[Effect] = []
         for message_id, payload in pending:
             if message_id in connection.sent or (user_id, message_id) in self._recently_acked:
+                continue
+            # The inbox may have been read before a withdrawal removed this message, and the tab already told to
+            # take that purpose back: sent now, it would stay on screen. A message decided after consent was given
+            # again is pushed to the tab; a replay leaves it in the inbox for the tab's next connection.
+            if _taken_back(payload, connection.withdrawn):
                 continue
             connection.sent.add(message_id)
             effects.append(Send(conn_id, _message_text(message_id, payload)))
@@ -436,6 +451,15 @@ class Hub:
         self._recently_acked[(user_id, message_id)] = None
         if len(self._recently_acked) > self.remembered_acks:
             self._recently_acked.popitem(last=False)
+
+
+def _taken_back(payload: Mapping[str, Any], withdrawn: set[str]) -> bool:
+    """Whether a message needs one of the ``withdrawn`` purposes; one that names none may need any of them (as in
+    :meth:`ws.delivery.Withdrawal.covers`)."""
+    if not withdrawn:
+        return False
+    purpose = payload.get("consent")
+    return not isinstance(purpose, str) or purpose in withdrawn
 
 
 def _message_text(message_id: str, payload: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ from app.devstack import DevStack, EmbeddedBroker, EmbeddedRedis, Node, create_t
 from app.settings import Settings
 from tests.integration.conftest import get_json, wait_for
 from tests.integration.test_intelligence import rule_files
+from ws import delivery
 from ws.server import MAX_STORES_IN_FLIGHT, Gateway
 from ws.tokens import issue_token
 
@@ -282,8 +283,8 @@ class GatedBatcher:
 
 
 @asynccontextmanager
-async def gated_gateway() -> AsyncIterator[tuple[Gateway, GatedBatcher]]:
-    """A gateway in this process, on its own broker and Redis, whose event stores wait at a gate."""
+async def gateway_in_process(node_id: str) -> AsyncIterator[Gateway]:
+    """A gateway in this process, on its own broker and Redis, serving until the block ends."""
     broker, redis = EmbeddedBroker(), EmbeddedRedis()
     broker.start()
     redis.start()
@@ -293,27 +294,36 @@ async def gated_gateway() -> AsyncIterator[tuple[Gateway, GatedBatcher]]:
         secret=secrets.token_hex(16),
         app_id=f"test-{secrets.token_hex(4)}",  # the machine's Redis may be shared: keys of this test only
         ws_port=free_port(),
-        node_id="gated",
+        node_id=node_id,
     )
     try:
         for topic in (settings.events_topic, settings.messages_topic):
             await create_topic(broker.bootstrap, topic, settings.partitions)
         gateway = Gateway(settings)
-        gated = GatedBatcher(gateway._batcher)
-        gateway._batcher = gated  # type: ignore[assignment]
         stop, ready = asyncio.Event(), asyncio.Event()
         running = asyncio.create_task(gateway.run(stop, ready=ready))
         await asyncio.wait_for(ready.wait(), timeout=30)
         try:
-            yield gateway, gated
+            yield gateway
         finally:
-            for _ in range(MAX_STORES_IN_FLIGHT * 2):
-                gated.let_one()
             stop.set()
             await asyncio.wait_for(running, timeout=30)
     finally:
         redis.stop()
         broker.stop()
+
+
+@asynccontextmanager
+async def gated_gateway() -> AsyncIterator[tuple[Gateway, GatedBatcher]]:
+    """A gateway in this process, on its own broker and Redis, whose event stores wait at a gate."""
+    async with gateway_in_process("gated") as gateway:
+        gated = GatedBatcher(gateway._batcher)
+        gateway._batcher = gated  # type: ignore[assignment]
+        try:
+            yield gateway, gated
+        finally:
+            for _ in range(MAX_STORES_IN_FLIGHT * 2):
+                gated.let_one()
 
 
 async def test_a_socket_has_at_most_32_stores_in_flight_while_the_broker_is_slow() -> None:
@@ -340,3 +350,37 @@ async def test_a_socket_has_at_most_32_stores_in_flight_while_the_broker_is_slow
 
             await wait_for(all_stored, timeout=20, what="every event's receipt")
             assert sorted(ann.stored) == sorted(f"e{number}" for number in range(MAX_STORES_IN_FLIGHT + 1))
+
+
+async def test_a_tab_opening_during_a_withdrawal_is_not_replayed_what_the_withdrawal_took_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The race, made to happen: the new tab's inbox is read before the withdrawal removes the offer, and the
+    # withdrawal reaches the tab before that read is replayed.
+    async with gateway_in_process("racing") as gateway:
+        redis, prefix = gateway.redis, gateway.prefix
+        offer = delivery.Outgoing("ann", "offer", {"title": "10% off", "consent": "marketing"}, 1, "marketing")
+        tip = delivery.Outgoing("ann", "tip", {"title": "A tip", "consent": "personalization"}, 2, "personalization")
+        assert await delivery.deliver(redis, prefix, [offer, tip]) == 0  # ann is offline: both wait in her inbox
+        read_inbox, release = delivery.inbox, asyncio.Event()
+        inbox_read = asyncio.get_running_loop().create_future()
+
+        async def read_then_hold(*args: Any, **kwargs: Any) -> list[tuple[str, dict[str, Any]]]:
+            pending = await read_inbox(*args, **kwargs)
+            inbox_read.set_result(pending)
+            await release.wait()
+            return pending
+
+        monkeypatch.setattr(delivery, "inbox", read_then_hold)
+        token = issue_token(gateway.settings.secret.encode(), "ann", expires_at=int(time.time()) + 600)
+        try:
+            async with tab(gateway, token) as ann:
+                assert [message_id for message_id, _ in await asyncio.wait_for(inbox_read, 10)] == ["offer", "tip"]
+                withdrawal = delivery.Withdrawal("ann", frozenset({"marketing"}))
+                assert await delivery.withdraw(redis, prefix, [withdrawal]) == 1
+                withdrawn = orjson.loads(await asyncio.wait_for(ann.socket.recv(), timeout=10))
+                assert withdrawn == {"type": "withdrawn", "purposes": ["marketing"]}
+                release.set()
+                assert await ann.drain() == [{"type": "message", "id": "tip", "payload": tip.payload}]
+        finally:
+            release.set()  # a failed assertion must not leave the socket's handler waiting

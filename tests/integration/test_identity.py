@@ -11,7 +11,7 @@ from app.devstack import DevStack
 from app.partitioning import partition_for
 from app.pipeline import HOPS_KEY, MAX_ALIAS_HOPS
 from app.stack_client import read_topic
-from tests.integration.conftest import get_json, wait_for
+from tests.integration.conftest import get_json, stats, wait_for
 from tests.integration.test_intelligence import decision, track
 
 
@@ -110,3 +110,39 @@ async def test_two_ids_are_never_merged_into_each_other(stack: DevStack) -> None
     await wait_for(both_counted, timeout=30, what="both views on the known user")
     _, body = await profile(stack, user)
     assert body["user_id"] == user and body["event_counts"] == {"Identify": 1, "Product Viewed": 2}
+
+
+async def test_the_events_of_a_merged_id_count_as_forwarded_not_as_duplicates(stack: DevStack) -> None:
+    """/v1/stats: the alias hand-over and a merged id's later events were sent on to its user, not skipped."""
+    anonymous, user = two_ids_on_different_partitions(stack.partitions)
+    await track(stack, {"anonymousId": anonymous, "event": "Product Viewed", "properties": {"product_id": "a"}})
+
+    async def views_on_user(count: int) -> bool:
+        status, body = await profile(stack, user)
+        return status == 200 and body["event_counts"].get("Product Viewed") == count
+
+    async def anonymous_profile() -> bool:
+        return (await profile(stack, anonymous))[0] == 200
+
+    await wait_for(anonymous_profile, timeout=20, what="the anonymous profile")
+    await track(stack, {"type": "identify", "userId": user, "anonymousId": anonymous})
+    # Merged once the user's profile holds the anonymous view: its later events then raise no new alias.
+    await wait_for(lambda: views_on_user(1), timeout=30, what="the anonymous profile merged into the known one")
+    await track(
+        stack,
+        *({"anonymousId": anonymous, "event": "Product Viewed", "properties": {"product_id": p}} for p in "bc"),
+    )
+    await wait_for(lambda: views_on_user(3), timeout=30, what="the later anonymous views on the known user")
+
+    # Anonymous view, identify, alias, two views at the anonymous id's partition, the same two at the user's.
+    async def all_counted() -> bool:
+        return bool((await stats(stack))["events"] == 7)
+
+    await wait_for(all_counted, timeout=20, what="every event counted")
+    counts = await stats(stack)
+    assert {key: counts[key] for key in ("folded", "forwarded", "rejected", "duplicates")} == {
+        "folded": 4,  # the first view, the identify, and the two views once they reach the user
+        "forwarded": 3,  # the alias, sent as the merge record, and the two later views
+        "rejected": 0,
+        "duplicates": 0,
+    }

@@ -489,6 +489,16 @@ def test_a_retried_request_keeps_its_derived_message_id_though_its_correction_mo
     assert first["messageId"] == normalise(raw, now_ms=NOW_MS + 48 * HOUR_MS)["messageId"]  # as without correction
 
 
+def test_a_retry_stamped_with_a_new_sent_at_keeps_its_derived_message_id() -> None:
+    """An SDK stamps sentAt anew on each attempt; without a messageId of its own, the retry is still the same event."""
+    raw = {k: v for k, v in sent().items() if k != "messageId"}
+    first = normalise(raw, now_ms=NOW_MS, received=True)
+    sent_again = iso_from_ms(NOW_MS + 48 * HOUR_MS + 60_000)  # a minute later, by the same fast clock
+    retry = normalise({**raw, "sentAt": sent_again}, now_ms=NOW_MS + 60_000, received=True)
+    assert first["timestamp"] == retry["timestamp"]  # the same skew, measured again
+    assert first["messageId"] == retry["messageId"]
+
+
 @pytest.mark.parametrize(
     ("sent_at", "reason"),
     [

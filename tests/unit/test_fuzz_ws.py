@@ -1,9 +1,10 @@
 """Fuzzing the websocket gateway's core: hostile frames from many tabs, and tokens nobody signed.
 
-The hub (:mod:`ws.protocol`) gets arbitrary interleavings of opens, closes, pushes, replays and browser frames (text,
-binary, oversized, malformed JSON, wrong types, consent frames, acks of unknown ids) from several users' connections.
-After every step: nothing raised, only the connection that misbehaved was closed (with a documented code and a short
-reason), every other connection is still open, no effect reaches a user it does not belong to, and every event
+The hub (:mod:`ws.protocol`) gets arbitrary interleavings of opens, closes, pushes, replays, consent withdrawals and
+browser frames (text, binary, oversized, malformed JSON, wrong types, consent frames, acks of unknown ids) from several
+users' connections. After every step: nothing raised, only the connection that misbehaved was closed (with a documented
+code and a short reason), every other connection is still open, no effect reaches a user it does not belong to, no
+replay sends a connection a message of a purpose withdrawn since it opened, and every event
 produced passes the worker's validator (the browser is told it is stored). At the end every
 open connection still gets a fresh push. Tokens (:mod:`ws.tokens`): any string, and any alteration of a genuine
 token, is refused with :class:`TokenError` and one of the documented reasons.
@@ -126,7 +127,14 @@ class Push:
 @dataclass(frozen=True)
 class Replay:
     pick: int
-    message_ids: tuple[str, ...]
+    #: (message id, the purpose its payload names or ``None``)
+    messages: tuple[tuple[str, str | None], ...]
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    user: str
+    purposes: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -135,21 +143,27 @@ class Gone:
 
 
 MESSAGE_IDS = ["m1", "m2", "m3", "shared-id"]
+PURPOSES = ["analytics", "personalization", "marketing"]
 
 
 @st.composite
 def steps(draw: st.DrawFn) -> list[Any]:
     made: list[Any] = [Open(user) for user in draw(st.lists(st.sampled_from(USERS), min_size=1, max_size=4))]
     for _ in range(draw(st.integers(1, 30))):
-        choice = draw(st.integers(0, 9))
+        choice = draw(st.integers(0, 10))
         if choice == 0:
             made.append(Open(draw(st.sampled_from(USERS))))
         elif choice == 1:
             made.append(Push(draw(st.sampled_from(USERS)), draw(st.sampled_from(MESSAGE_IDS)), draw(JSONISH)))
         elif choice == 2:
-            made.append(Replay(draw(st.integers(0, 50)), tuple(draw(st.lists(st.sampled_from(MESSAGE_IDS))))))
+            purpose = st.none() | st.sampled_from(PURPOSES)
+            messages = draw(st.lists(st.tuples(st.sampled_from(MESSAGE_IDS), purpose)))
+            made.append(Replay(draw(st.integers(0, 50)), tuple(messages)))
         elif choice == 3:
             made.append(Gone(draw(st.integers(0, 50))))
+        elif choice == 4:
+            purposes = draw(st.frozensets(st.sampled_from(PURPOSES), min_size=1))
+            made.append(Withdraw(draw(st.sampled_from(USERS)), purposes))
         else:
             after = draw(st.sampled_from([0.0, 0.001, 0.5, 5.0, -1.0]))
             made.append(Frame(draw(st.integers(0, 50)), draw(frames(MESSAGE_IDS)), after))
@@ -169,6 +183,8 @@ class Model:
         self.hub = Hub(max_frame_bytes=MAX_FRAME_BYTES, max_connections_per_user=3, rate_per_s=20.0, burst=10)
         self.owner: dict[int, str] = {}
         self.open: set[int] = set()
+        #: Purposes withdrawn since each connection opened.
+        self.withdrawn: dict[int, set[str]] = {}
         self.next_id = 1
         self.now = NOW
 
@@ -194,6 +210,7 @@ class Model:
                 check_close(close)
             else:
                 self.open.add(conn_id)
+                self.withdrawn[conn_id] = set()
             assert self.snapshot() == {**before, step.user: before[step.user] | self.open & {conn_id}}
         elif isinstance(step, Push):
             effects = self.hub.push(step.user, step.message_id, step.payload)
@@ -204,8 +221,23 @@ class Model:
             assert self.snapshot() == before
         elif isinstance(step, Replay):
             conn_id = self.conn(step.pick)
-            effects = self.hub.replay(conn_id, [(mid, {"n": 1}) for mid in step.message_ids])
+            pending = [(mid, {"n": 1} if purpose is None else {"consent": purpose}) for mid, purpose in step.messages]
+            effects = self.hub.replay(conn_id, pending)
             assert all(isinstance(e, Send) and e.conn_id == conn_id and conn_id in self.open for e in effects)
+            for effect in effects:
+                assert isinstance(effect, Send)
+                purpose = orjson.loads(effect.text)["payload"].get("consent")
+                if self.withdrawn[conn_id]:
+                    assert purpose is not None and purpose not in self.withdrawn[conn_id], "replayed a withdrawn one"
+            assert self.snapshot() == before
+        elif isinstance(step, Withdraw):
+            effects = self.hub.withdraw(step.user, step.purposes)
+            withdrawn = {"type": "withdrawn", "purposes": sorted(step.purposes)}
+            assert [(e.conn_id, orjson.loads(e.text)) for e in effects if isinstance(e, Send)] == [
+                (conn_id, withdrawn) for conn_id in sorted(before[step.user])
+            ]
+            for conn_id in before[step.user]:
+                self.withdrawn[conn_id] |= step.purposes
             assert self.snapshot() == before
         elif isinstance(step, Gone):
             conn_id = self.conn(step.pick)

@@ -354,6 +354,32 @@ def test_a_withdrawal_leaves_pushes_and_acks_as_they_were() -> None:
     assert hub.push(ALICE, "tip", {"consent": "personalization"}) == []
 
 
+def test_a_tab_told_of_a_withdrawal_before_its_replay_is_not_replayed_what_it_took_back() -> None:
+    # The shell read the new tab's inbox before the withdrawal removed the offer, and was told of the withdrawal
+    # before it replayed what it had read: the tab already has the withdrawn frame, so the offer must not follow.
+    hub = hub_with((1, ALICE))
+    assert sent(hub.withdraw(ALICE, ["marketing"])) == [(1, {"type": "withdrawn", "purposes": ["marketing"]})]
+    offer = ("offer", {"title": "10% off", "consent": "marketing"})
+    unstated = ("unstated", {"title": "decided before records named the purpose"})
+    tip = ("tip", {"title": "A tip", "consent": "personalization"})
+    assert sent(hub.replay(1, [offer, unstated, tip])) == [(1, message(*tip))]
+    assert hub.received(1, ack("offer"), NOW) == []  # never sent, so never counted as shown
+    # Consent given again: a later decision of that purpose is pushed, and shown.
+    later = ("offer-2", {"title": "15% off", "consent": "marketing"})
+    assert sent(hub.push(ALICE, *later)) == [(1, message(*later))]
+    # A tab that opens after the withdrawal reads an inbox the withdrawal had already left: it gets what is there.
+    assert hub.open(2, ALICE, NOW) == []
+    assert sent(hub.replay(2, [later])) == [(2, message(*later))]
+
+
+def test_a_withdrawal_spares_the_replays_of_other_users_and_other_purposes() -> None:
+    hub = hub_with((1, ALICE), (2, BOB))
+    hub.withdraw(ALICE, ["marketing"])
+    offer, tip = ("offer", {"consent": "marketing"}), ("tip", {"consent": "personalization"})
+    assert sent(hub.replay(2, [offer])) == [(2, message(*offer))]
+    assert sent(hub.replay(1, [tip])) == [(1, message(*tip))]
+
+
 @pytest.mark.parametrize("purposes", ["marketing", [1], [None]])
 def test_a_withdrawal_of_anything_but_purpose_names_is_a_shell_bug(purposes: Any) -> None:
     with pytest.raises(TypeError):
