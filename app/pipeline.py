@@ -256,13 +256,7 @@ class Pipeline:
             self._hand_over(user_id, alias, partition, outgoing)
         forwarded += len(hand_overs)
         self._fire_due(partition, changes, decisions)
-        await self._emit(changes, decisions, partition)
-        # After the decisions: the gateways deliver a user's records in order, so a withdrawal reaches them after
-        # every message decided before it, and takes back those not shown yet (ws.delivery.apply_withdrawals).
-        for key, value in withdrawals:
-            await self.messages_topic.send(key=key.encode(), value=value)
-        if withdrawals:
-            self._messages_now()
+        await self._emit(changes, decisions, partition, withdrawals)
         for key, value in outgoing:
             await self.events_topic.send(key=key.encode(), value=value)
         for key, record in audits:
@@ -553,7 +547,13 @@ class Pipeline:
         if before is None or before.public() != insight.public():
             self.read_model.update(user_id, insight)
 
-    async def _emit(self, changes: list[SegmentChange], decisions: list[Decision], partition: int) -> None:
+    async def _emit(
+        self,
+        changes: list[SegmentChange],
+        decisions: list[Decision],
+        partition: int,
+        withdrawals: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         for change in changes:
             await self.segments_topic.send(key=change.user_id.encode(), value=segment_record(change))
         self.segment_changes += len(changes)
@@ -565,12 +565,14 @@ class Pipeline:
             self.metrics.decided(decision.trigger, decision.outcome, decision.reason)
             outcome = decision.reason or "sent"
             self.decisions[outcome] = self.decisions.get(outcome, 0) + 1
-        if decisions:
-            self._messages_now()
-
-    def _messages_now(self) -> None:
-        """Decision and withdrawal records leave without the producer's linger: a browser waits for them."""
-        send_now(self.app.producer._ensure_producer(), self.messages_topic.get_topic_name())
+        # After the decisions: the gateways deliver a user's records in order, so a withdrawal reaches them after
+        # every message decided before it, and takes back those not shown yet (ws.delivery.apply_withdrawals).
+        withdrawals = withdrawals or []
+        for key, value in withdrawals:
+            await self.messages_topic.send(key=key.encode(), value=value)
+        if decisions or withdrawals:
+            # A browser waits for these: they leave without the producer's linger.
+            send_now(self.app.producer._ensure_producer(), self.messages_topic.get_topic_name())
 
 
 def _forwarded(event: Event, user_id: str) -> bytes:
